@@ -1,0 +1,328 @@
+"""The tape: graph nodes recorded as ops run, and reverse-mode differentiation over them.
+
+Every differentiable op is a `Node` subclass with `forward` (arrays in, array out, saving only what
+its backward needs) and `backward` (upstream gradient in, one gradient per operand out) side by side.
+`apply` runs an op and, when some operand requires grad and recording is on, links the node to its
+parents: the parent's node for an intermediate tensor, the tensor itself for a leaf.
+
+`backward` walks the graph from the output in reverse topological order with an explicit stack
+(Kahn's algorithm over consumer counts, so a chain of any depth works without recursion), sums the
+gradients that arrive at a node from several consumers (fan-out), accumulates into leaf `.grad`, and
+frees each node's saved buffers unless `retain_graph=True`.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import numpy as np
+
+from . import backend
+
+# Bound by tensor.py once Tensor exists (tensor.py imports this module, so it cannot be imported here);
+# module globals keep the per-op path free of function-level imports.
+Tensor = None
+_wrap = None
+
+
+class _Mode(threading.local):
+    grad_enabled = True
+    anomaly = False
+
+
+_mode = _Mode()
+
+
+def is_grad_enabled() -> bool:
+    return _mode.grad_enabled
+
+
+@contextmanager
+def _grad_mode(enabled: bool):
+    previous = _mode.grad_enabled
+    _mode.grad_enabled = enabled
+    try:
+        yield
+    finally:
+        _mode.grad_enabled = previous
+
+
+def no_grad():
+    """Context manager (thread-local): ops inside record nothing and save nothing."""
+    return _grad_mode(False)
+
+
+def enable_grad():
+    """Context manager that turns recording back on inside a `no_grad` block."""
+    return _grad_mode(True)
+
+
+@contextmanager
+def detect_anomaly():
+    """Raise a RuntimeError at the first op whose forward output or backward gradient has NaN/Inf."""
+    previous = _mode.anomaly
+    _mode.anomaly = True
+    try:
+        yield
+    finally:
+        _mode.anomaly = previous
+
+
+class Node:
+    """One recorded op. Subclasses define `forward(*operands, **params)` and `backward(grad)`.
+
+    `parents[i]` is the node that produced operand i, the leaf Tensor itself, or None when operand i
+    needs no gradient (a constant, a scalar, an integer tensor). `value` is the forward output, kept
+    for drawing the graph and freed with the saved buffers after backward.
+    """
+
+    __slots__ = ("parents", "value", "grad", "freed")
+    name = "op"
+    # Ops whose backward reads nothing saved (add, neg, reshape...) can be differentiated again
+    # after their buffers were freed, as in PyTorch.
+    saves = True
+
+    def forward(self, *operands, **params):
+        raise NotImplementedError(f"{self.name}: forward is not defined")
+
+    def backward(self, grad):
+        raise NotImplementedError(f"{self.name}: backward is not defined")
+
+    def needs_grad(self, i: int) -> bool:
+        """Whether operand i wants a gradient; lets ops skip saving and computing what no one needs."""
+        return self.parents[i] is not None
+
+    def release(self) -> None:
+        """Drop saved buffers but keep the output's shape and dtype; subclasses that save more extend it."""
+        if self.value is not None:
+            self.value = Meta(self.value.shape, self.value.dtype)
+        self.grad = None
+        self.freed = True
+
+
+class Meta:
+    """Shape and dtype of a released array: what a node still knows of its output after backward."""
+
+    __slots__ = ("shape", "dtype")
+
+    def __init__(self, shape, dtype):
+        self.shape = shape
+        self.dtype = dtype
+
+
+def like(parent):
+    """What a parent looks like (`.shape`, `.dtype`): its forward value, or the leaf's array."""
+    return parent.value if isinstance(parent, Node) else parent.data
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+def _check_finite(xp, array, op_name: str, where: str) -> None:
+    if array is not None and array.dtype.kind in "fc" and not bool(xp.isfinite(array).all()):
+        raise RuntimeError(f"detect_anomaly: {op_name} {where} produced NaN or Inf "
+                           f"(shape {tuple(array.shape)}, dtype {array.dtype})")
+
+
+def apply(node: Node, *operands, **params):
+    """Run `node.forward` on the operands' arrays and record it when a gradient is needed.
+
+    operands: Tensors or Python scalars (scalars are constants). Returns the output Tensor.
+    """
+    recording = _mode.grad_enabled
+    datas = []
+    parents = []
+    needs = False
+    array_type = None
+    for operand in operands:
+        if isinstance(operand, Tensor):
+            data = operand.data
+            if array_type is None:
+                array_type = type(data)
+            elif type(data) is not array_type:
+                devices = sorted({backend.device_of(o.data) for o in operands if isinstance(o, Tensor)})
+                raise RuntimeError(f"{node.name}: operands are on different devices "
+                                   f"({' and '.join(devices)})")
+            datas.append(data)
+            if recording and operand._requires_grad:
+                needs = True
+                parents.append(operand.grad_fn or operand)
+            else:
+                parents.append(None)
+        else:
+            datas.append(operand)
+            parents.append(None)
+    # parents are set before forward so that forward can skip saving what no gradient will need
+    node.parents = parents
+    out = node.forward(*datas, **params)
+    if isinstance(out, np.generic):  # NumPy returns scalars, not 0-d arrays, from 0-d arithmetic
+        out = np.asarray(out)
+    if _mode.anomaly:
+        _check_finite(backend.array_module(out), out, node.name, "forward")
+    if not needs:
+        return _wrap(out)
+    node.value = out
+    node.grad = None
+    node.freed = False
+    return _wrap(out, node)
+
+
+def unbroadcast(grad, shape: tuple):
+    """Sum `grad` over the axes that broadcasting added or stretched, giving an array of `shape`."""
+    if grad.shape == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    if extra:
+        grad = grad.sum(axis=tuple(range(extra)))
+    stretched = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    if stretched:
+        grad = grad.sum(axis=stretched, keepdims=True)
+    return grad
+
+
+def _seed(root, grad):
+    if grad is None:
+        if root.data.size != 1:
+            raise RuntimeError(f"backward: grad can be implicitly created only for scalar outputs; "
+                               f"the output has shape {root.shape}, so pass a gradient of that shape")
+        return backend.array_module(root.data).ones(root.data.shape, dtype=root.data.dtype)
+    g = grad.data if isinstance(grad, Tensor) else grad
+    xp = backend.array_module(root.data)
+    if type(g) is not type(root.data):
+        if isinstance(g, (int, float, list, tuple, np.ndarray, np.generic)):
+            g = xp.asarray(g, dtype=root.data.dtype)
+        else:
+            raise RuntimeError(f"backward: the gradient is on {backend.device_of(g)} but the output on "
+                               f"{backend.device_of(root.data)}")
+    if g.shape != root.data.shape:
+        raise ValueError(f"backward: gradient shape {tuple(g.shape)} does not match output shape "
+                         f"{root.shape}")
+    return g.astype(root.data.dtype, copy=False)
+
+
+def _as_leaf_grad(xp, g):
+    # Leaf gradients are handed to optimizers and fused kernels, which need C-contiguous memory;
+    # broadcast views (zero strides) from sum/mean backward are materialized here, and NumPy
+    # scalars from 0-d arithmetic become 0-d arrays.
+    if isinstance(g, np.generic):
+        return np.asarray(g)
+    if not g.flags.c_contiguous:
+        g = xp.ascontiguousarray(g)
+    return g
+
+
+def run_backward(roots, seeds, retain_graph=False, capture=None):
+    """Back-propagate `seeds` (arrays) from `roots` (Tensors).
+
+    capture: None to accumulate into every reached leaf's `.grad`; else a dict {id(tensor): tensor}
+    whose gradients are collected and returned instead (for `grad()`), leaving `.grad` untouched.
+    """
+    # pending: node or leaf Tensor -> the sum of the gradients that reached it so far. Leaves stay
+    # here until the end, so a leaf used a thousand times gets one `.grad` write, not a thousand.
+    pending = {}
+    for root, seed in zip(roots, seeds):
+        key = root.grad_fn or root
+        pending[key] = pending[key] + seed if key in pending else seed
+    starts = [key for key in pending if isinstance(key, Node)]
+
+    # Count each node's consumers inside the graph, so a node runs only once all its gradient is in.
+    consumers = {}
+    seen = set(starts)
+    stack = list(starts)
+    while stack:
+        for parent in stack.pop().parents:
+            if isinstance(parent, Node):
+                consumers[parent] = consumers.get(parent, 0) + 1
+                if parent not in seen:
+                    seen.add(parent)
+                    stack.append(parent)
+
+    targets = {} if capture is None else {t.grad_fn: t for t in capture.values() if t.grad_fn is not None}
+    captured = {}
+    anomaly = _mode.anomaly
+    ready = [node for node in starts if node not in consumers]
+    while ready:
+        node = ready.pop()
+        grad = pending.pop(node, None)
+        if grad is None:
+            # No gradient reached this node (its consumers returned None); its parents must still
+            # hear that this consumer is done, or they would wait for it forever.
+            grads = (None,) * len(node.parents)
+        else:
+            if node.freed and node.saves:
+                raise RuntimeError(
+                    f"backward: trying to backward through the graph a second time ({node.name} already "
+                    "freed its saved buffers); pass retain_graph=True to the first backward if you need to")
+            if targets and node in targets:
+                captured[id(targets[node])] = grad
+            if retain_graph:
+                node.grad = grad
+            grads = node.backward(grad)
+            if anomaly:
+                for g in grads:
+                    _check_finite(backend.array_module(grad), g, node.name, "backward")
+        for parent, g in zip(node.parents, grads):
+            if parent is None:
+                continue
+            if g is not None:
+                pending[parent] = pending[parent] + g if parent in pending else g
+            if isinstance(parent, Node):
+                left = consumers[parent] - 1
+                consumers[parent] = left
+                if not left:
+                    ready.append(parent)
+        if not retain_graph:
+            node.release()
+
+    for leaf, g in pending.items():  # only leaves are left
+        _deliver(leaf, g, capture, captured)
+    return captured
+
+
+def _deliver(leaf, g, capture, captured):
+    if capture is not None:
+        if id(leaf) in capture:
+            captured[id(leaf)] = g
+        return
+    if g.dtype != leaf.data.dtype:
+        g = g.astype(leaf.data.dtype)
+    if leaf.grad is None:
+        leaf.grad = _wrap(_as_leaf_grad(backend.array_module(g), g))
+    else:
+        # Out of place: a gradient array may be shared by several leaves (add hands `g` to both).
+        leaf.grad = _wrap(_as_leaf_grad(None, leaf.grad.data + g))
+
+
+def grad(outputs, inputs, grad_outputs=None, retain_graph=False):
+    """Gradients of `outputs` with respect to `inputs`, as a tuple of Tensors (None where unreached).
+
+    Unlike `backward`, nothing is accumulated into `.grad`.
+    """
+    single = isinstance(outputs, Tensor)
+    outputs = [outputs] if single else list(outputs)
+    inputs_list = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+    if grad_outputs is None:
+        grad_outputs = [None] * len(outputs)
+    elif isinstance(grad_outputs, Tensor) or not isinstance(grad_outputs, (list, tuple)):
+        grad_outputs = [grad_outputs]
+    if len(grad_outputs) != len(outputs):
+        raise ValueError(f"grad: {len(outputs)} outputs but {len(grad_outputs)} grad_outputs")
+    for t in inputs_list:
+        if not t.requires_grad:
+            raise RuntimeError("grad: every input must require grad; one has requires_grad=False "
+                               f"(shape {t.shape})")
+    for out in outputs:
+        if not out.requires_grad:
+            raise RuntimeError(f"grad: an output (shape {out.shape}) does not require grad, "
+                               "so it has no graph to differentiate")
+    seeds = [_seed(o, g) for o, g in zip(outputs, grad_outputs)]
+    captured = run_backward(outputs, seeds, retain_graph=retain_graph,
+                            capture={id(t): t for t in inputs_list})
+    result = []
+    for t in inputs_list:
+        g = captured.get(id(t))
+        if g is not None and g.dtype != t.data.dtype:
+            g = g.astype(t.data.dtype)
+        result.append(None if g is None else _wrap(g))
+    return tuple(result)

@@ -1,0 +1,190 @@
+"""Arithmetic with NumPy broadcasting: + - * / neg ** and matmul."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..autograd import Node, like, unbroadcast
+from ..backend import array_module
+
+
+def _fit(grad, like):
+    """Bring a gradient back to its operand's shape (undo broadcasting) and dtype (undo promotion)."""
+    if grad.shape != like.shape:
+        grad = unbroadcast(grad, like.shape)
+    if grad.dtype is not like.dtype and grad.dtype != like.dtype:
+        grad = grad.astype(like.dtype)
+    return grad
+
+
+def _shape_text(operand) -> str:
+    return str(tuple(getattr(operand, "shape", ())))
+
+
+class _Binary(Node):
+    """Element-wise op of two operands (arrays or Python scalars) that broadcast."""
+
+    __slots__ = ()
+
+    def forward(self, a, b):
+        try:
+            return self.compute(a, b)
+        except ValueError:
+            raise ValueError(f"{self.name}: shapes {_shape_text(a)} and {_shape_text(b)} "
+                             "cannot be broadcast together") from None
+
+
+class _SavingBinary(_Binary):
+    """A binary op whose backward needs the operands' values (mul, div, pow)."""
+
+    __slots__ = ("a", "b")
+
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return _Binary.forward(self, a, b)
+
+    def release(self):
+        Node.release(self)
+        self.a = self.b = None
+
+
+class Add(_Binary):
+    __slots__ = ()
+    name = "add"
+    saves = False
+
+    def compute(self, a, b):
+        return a + b
+
+    def backward(self, g):
+        pa, pb = self.parents
+        return (None if pa is None else _fit(g, like(pa)),
+                None if pb is None else _fit(g, like(pb)))
+
+
+class Sub(_Binary):
+    __slots__ = ()
+    name = "sub"
+    saves = False
+
+    def compute(self, a, b):
+        return a - b
+
+    def backward(self, g):
+        pa, pb = self.parents
+        return (None if pa is None else _fit(g, like(pa)),
+                None if pb is None else _fit(-g, like(pb)))
+
+
+class Mul(_SavingBinary):
+    __slots__ = ()
+    name = "mul"
+
+    def compute(self, a, b):
+        return a * b
+
+    def backward(self, g):
+        ga = _fit(g * self.b, self.a) if self.needs_grad(0) else None
+        gb = _fit(g * self.a, self.b) if self.needs_grad(1) else None
+        return ga, gb
+
+
+class Div(_SavingBinary):
+    __slots__ = ()
+    name = "div"
+
+    def compute(self, a, b):
+        return a / b
+
+    def backward(self, g):
+        ga = _fit(g / self.b, self.a) if self.needs_grad(0) else None
+        gb = _fit(-g * self.value / self.b, self.b) if self.needs_grad(1) else None
+        return ga, gb
+
+
+class Neg(Node):
+    __slots__ = ()
+    name = "neg"
+    saves = False
+
+    def forward(self, x):
+        return -x
+
+    def backward(self, g):
+        return (-g,)
+
+
+class Pow(_SavingBinary):
+    """a ** b for a tensor base with a scalar or tensor exponent, or a scalar base."""
+
+    __slots__ = ()
+    name = "pow"
+
+    def compute(self, a, b):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # nan/inf as in PyTorch
+            return a ** b
+
+    def backward(self, g):
+        a, b = self.a, self.b
+        ga = gb = None
+        if self.needs_grad(0):
+            if isinstance(b, (int, float)) and b == 2:
+                ga = g * (2 * a)
+            else:
+                with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                    ga = _fit(g * b * a ** (b - 1), self.a)
+        if self.needs_grad(1):
+            xp = array_module(g)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                # d(a^b)/db = a^b log a; where a == 0 and b >= 0 the limit is 0 (as PyTorch).
+                grad_b = g * self.value * xp.log(a)
+            grad_b = xp.where((a == 0) & (b >= 0), 0, grad_b).astype(grad_b.dtype, copy=False)
+            gb = _fit(grad_b, self.b)
+        return ga, gb
+
+
+class MatMul(Node):
+    """a @ b for 1-D, 2-D and batched N-D operands (batch dimensions broadcast)."""
+
+    __slots__ = ("a", "b")
+    name = "matmul"
+
+    def forward(self, a, b):
+        if a.ndim == 0 or b.ndim == 0:
+            raise ValueError(f"matmul: 0-d operands are not allowed, got shapes {tuple(a.shape)} "
+                             f"and {tuple(b.shape)}")
+        inner_b = b.shape[0] if b.ndim == 1 else b.shape[-2]
+        if a.shape[-1] != inner_b:
+            raise ValueError(f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} are not aligned "
+                             f"({a.shape[-1]} != {inner_b})")
+        self.a, self.b = a, b
+        try:
+            return a @ b
+        except ValueError:
+            raise ValueError(f"matmul: batch dimensions of shapes {tuple(a.shape)} and {tuple(b.shape)} "
+                             "cannot be broadcast together") from None
+
+    def backward(self, g):
+        a, b = self.a, self.b
+        if a.ndim == 2 and b.ndim == 2:  # the dense-layer case, without reshaping
+            ga = g @ b.T if self.needs_grad(0) else None
+            gb = a.T @ g if self.needs_grad(1) else None
+            return ga, gb
+        # Promote 1-D operands to matrices (a row, b a column), differentiate, then undo.
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        g2 = g
+        if a.ndim == 1:
+            g2 = g2[..., None, :]
+        if b.ndim == 1:
+            g2 = g2[..., None]
+        ga = gb = None
+        if self.needs_grad(0):
+            ga = unbroadcast(g2 @ b2.swapaxes(-1, -2), a2.shape).reshape(a.shape)
+        if self.needs_grad(1):
+            gb = unbroadcast(a2.swapaxes(-1, -2) @ g2, b2.shape).reshape(b.shape)
+        return ga, gb
+
+    def release(self):
+        Node.release(self)
+        self.a = self.b = None
