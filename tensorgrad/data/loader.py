@@ -62,7 +62,8 @@ class DataLoader:
         return full + (1 if rest and not self.drop_last else 0)
 
     def __iter__(self):
-        from tensorgrad.tensor import Tensor
+        # the batch arrays already live on self.device, so the no-copy, no-check constructor is safe
+        from tensorgrad.tensor import _wrap
 
         n, size = self.num_samples, self.batch_size
         stop = n - n % size if self.drop_last else n
@@ -77,7 +78,7 @@ class DataLoader:
                 batch = [xp.take(a, index, axis=0) for a in self.arrays]
             else:
                 batch = [a[start:start + size].copy() for a in self.arrays]
-            yield tuple(Tensor(b, device=self.device) for b in batch)
+            yield tuple(_wrap(b) for b in batch)
 
     def __repr__(self) -> str:
         shapes = ", ".join(str(tuple(a.shape)) for a in self.arrays)
