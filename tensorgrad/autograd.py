@@ -100,6 +100,9 @@ class Node:
         self.grad = None
         self.freed = True
 
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
 
 class Meta:
     """Shape and dtype of a released array: what a node still knows of its output after backward."""
@@ -114,9 +117,6 @@ class Meta:
 def like(parent):
     """What a parent looks like (`.shape`, `.dtype`): its forward value, or the leaf's array."""
     return parent.value if isinstance(parent, Node) else parent.data
-
-    def __repr__(self) -> str:
-        return f"<{self.name}>"
 
 
 def _check_finite(xp, array, op_name: str, where: str) -> None:
