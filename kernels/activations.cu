@@ -1,0 +1,180 @@
+// Activation kernels: forward, backward from the saved output, and the dense layer's fused
+// bias + activation epilogue. float32 (_f32) and float64 (_f64) variants of each.
+//
+// Compiled at run time by NVRTC through cupy.RawModule, and by nvcc in the test suite, so the file
+// includes no headers: the math functions used here are built into both compilers.
+//
+// The kernels are memory-bound, so each one reads and writes every element exactly once, with
+// 16-byte loads (float4 / double2) when the pointers allow it. `out` may alias the input
+// (in-place activation): every element is read once and then written once by the same thread,
+// so __restrict__'s no-overlap promise is never observable.
+
+template <typename T> struct Vec16;
+template <> struct Vec16<float>  { typedef float4  type; static const int width = 4; };
+template <> struct Vec16<double> { typedef double2 type; static const int width = 2; };
+
+__device__ __forceinline__ bool aligned16(const void* p) {
+    return (reinterpret_cast<unsigned long long>(p) & 15ULL) == 0;
+}
+
+__device__ __forceinline__ float  exp_(float v)    { return expf(v); }
+__device__ __forceinline__ double exp_(double v)   { return exp(v); }
+__device__ __forceinline__ float  expm1_(float v)  { return expm1f(v); }
+__device__ __forceinline__ double expm1_(double v) { return expm1(v); }
+__device__ __forceinline__ float  tanh_(float v)   { return tanhf(v); }
+__device__ __forceinline__ double tanh_(double v)  { return tanh(v); }
+
+// Each activation: forward f(x), and slope(y) = f'(x) written in terms of y = f(x), so the
+// backward needs only the saved output. Comparisons are arranged so that NaN propagates
+// (a NaN input fails every `<=` test and falls through to the branch that returns it).
+
+struct Identity {
+    template <typename T> __device__ static T forward(T x, T)     { return x; }
+    template <typename T> __device__ static T slope(T, T)         { return T(1); }
+};
+
+struct Sigmoid {
+    // exp(-|x|) lies in (0, 1], so neither branch can overflow for any finite x.
+    template <typename T> __device__ static T forward(T x, T) {
+        T e = exp_(-fabs(x));
+        T s = T(1) / (T(1) + e);          // sigmoid(|x|)
+        return x >= T(0) ? s : e * s;     // sigmoid(-|x|) = e / (1 + e)
+    }
+    template <typename T> __device__ static T slope(T y, T)       { return y * (T(1) - y); }
+};
+
+struct Tanh {
+    template <typename T> __device__ static T forward(T x, T)     { return tanh_(x); }
+    template <typename T> __device__ static T slope(T y, T)       { return T(1) - y * y; }
+};
+
+struct Relu {
+    template <typename T> __device__ static T forward(T x, T)     { return x <= T(0) ? T(0) : x; }
+    // relu'(0) = 0, as PyTorch defines it
+    template <typename T> __device__ static T slope(T y, T)       { return y > T(0) ? T(1) : T(0); }
+};
+
+struct LeakyRelu {
+    template <typename T> __device__ static T forward(T x, T alpha) { return x <= T(0) ? alpha * x : x; }
+    // y > 0 exactly when x > 0 because alpha >= 0
+    template <typename T> __device__ static T slope(T y, T alpha)   { return y > T(0) ? T(1) : alpha; }
+};
+
+struct Elu {
+    // expm1 keeps small negative inputs accurate; the positive branch never calls exp, so no overflow
+    template <typename T> __device__ static T forward(T x, T alpha) { return x <= T(0) ? alpha * expm1_(x) : x; }
+    // for x <= 0: f'(x) = alpha * exp(x) = y + alpha
+    template <typename T> __device__ static T slope(T y, T alpha)   { return y > T(0) ? T(1) : y + alpha; }
+};
+
+// y[i] = f(x[i]) over n elements.
+template <typename T, class Act>
+__device__ __forceinline__ void activation_forward(const T* __restrict__ x, T* __restrict__ y,
+                                                   T alpha, long long n) {
+    typedef typename Vec16<T>::type V;
+    const int W = Vec16<T>::width;
+    const long long start = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    long long scalar_from = 0;
+    if (aligned16(x) && aligned16(y)) {
+        const long long vectors = n / W;
+        const V* xv = reinterpret_cast<const V*>(x);
+        V* yv = reinterpret_cast<V*>(y);
+        for (long long i = start; i < vectors; i += stride) {
+            V v = xv[i];
+            T* e = reinterpret_cast<T*>(&v);
+#pragma unroll
+            for (int k = 0; k < W; ++k) e[k] = Act::forward(e[k], alpha);
+            yv[i] = v;
+        }
+        scalar_from = vectors * W;
+    }
+    for (long long i = scalar_from + start; i < n; i += stride) y[i] = Act::forward(x[i], alpha);
+}
+
+// gx[i] = gy[i] * f'(x[i]), f' evaluated from the saved output y.
+template <typename T, class Act>
+__device__ __forceinline__ void activation_backward(const T* __restrict__ y, const T* __restrict__ gy,
+                                                    T* __restrict__ gx, T alpha, long long n) {
+    typedef typename Vec16<T>::type V;
+    const int W = Vec16<T>::width;
+    const long long start = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    long long scalar_from = 0;
+    if (aligned16(y) && aligned16(gy) && aligned16(gx)) {
+        const long long vectors = n / W;
+        const V* yv = reinterpret_cast<const V*>(y);
+        const V* gyv = reinterpret_cast<const V*>(gy);
+        V* gxv = reinterpret_cast<V*>(gx);
+        for (long long i = start; i < vectors; i += stride) {
+            V yy = yv[i];
+            V g = gyv[i];
+            const T* ye = reinterpret_cast<const T*>(&yy);
+            T* ge = reinterpret_cast<T*>(&g);
+#pragma unroll
+            for (int k = 0; k < W; ++k) ge[k] = ge[k] * Act::slope(ye[k], alpha);
+            gxv[i] = g;
+        }
+        scalar_from = vectors * W;
+    }
+    for (long long i = scalar_from + start; i < n; i += stride) gx[i] = gy[i] * Act::slope(y[i], alpha);
+}
+
+// y[r, c] = f(x[r, c] + bias[c]) for x of shape (rows, cols), C-contiguous.
+template <typename T, class Act>
+__device__ __forceinline__ void bias_activation_forward(const T* __restrict__ x, const T* __restrict__ bias,
+                                                        T* __restrict__ y, T alpha,
+                                                        long long rows, long long cols) {
+    typedef typename Vec16<T>::type V;
+    const int W = Vec16<T>::width;
+    const long long n = rows * cols;
+    const long long start = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    // A vector must not straddle two rows (its bias slice would wrap), hence cols % W == 0.
+    if (cols % W == 0 && aligned16(x) && aligned16(y) && aligned16(bias)) {
+        const long long vectors = n / W;
+        const V* xv = reinterpret_cast<const V*>(x);
+        const V* bv = reinterpret_cast<const V*>(bias);
+        V* yv = reinterpret_cast<V*>(y);
+        for (long long i = start; i < vectors; i += stride) {
+            V v = xv[i];
+            V b = bv[(i * W) % cols / W];
+            T* e = reinterpret_cast<T*>(&v);
+            const T* be = reinterpret_cast<const T*>(&b);
+#pragma unroll
+            for (int k = 0; k < W; ++k) e[k] = Act::forward(e[k] + be[k], alpha);
+            yv[i] = v;
+        }
+        return;
+    }
+    for (long long i = start; i < n; i += stride) y[i] = Act::forward(x[i] + bias[i % cols], alpha);
+}
+
+#define ACTIVATION_KERNELS(NAME, ACT, SUFFIX, T)                                                        \
+    extern "C" __global__ void activation_forward_##NAME##_##SUFFIX(                                    \
+            const T* __restrict__ x, T* __restrict__ y, T alpha, long long n) {                         \
+        activation_forward<T, ACT>(x, y, alpha, n);                                                     \
+    }                                                                                                   \
+    extern "C" __global__ void activation_backward_##NAME##_##SUFFIX(                                   \
+            const T* __restrict__ y, const T* __restrict__ gy, T* __restrict__ gx, T alpha,             \
+            long long n) {                                                                              \
+        activation_backward<T, ACT>(y, gy, gx, alpha, n);                                               \
+    }                                                                                                   \
+    extern "C" __global__ void bias_activation_forward_##NAME##_##SUFFIX(                               \
+            const T* __restrict__ x, const T* __restrict__ bias, T* __restrict__ y, T alpha,            \
+            long long rows, long long cols) {                                                           \
+        bias_activation_forward<T, ACT>(x, bias, y, alpha, rows, cols);                                 \
+    }
+
+ACTIVATION_KERNELS(identity, Identity, f32, float)
+ACTIVATION_KERNELS(identity, Identity, f64, double)
+ACTIVATION_KERNELS(sigmoid, Sigmoid, f32, float)
+ACTIVATION_KERNELS(sigmoid, Sigmoid, f64, double)
+ACTIVATION_KERNELS(tanh, Tanh, f32, float)
+ACTIVATION_KERNELS(tanh, Tanh, f64, double)
+ACTIVATION_KERNELS(relu, Relu, f32, float)
+ACTIVATION_KERNELS(relu, Relu, f64, double)
+ACTIVATION_KERNELS(leaky_relu, LeakyRelu, f32, float)
+ACTIVATION_KERNELS(leaky_relu, LeakyRelu, f64, double)
+ACTIVATION_KERNELS(elu, Elu, f32, float)
+ACTIVATION_KERNELS(elu, Elu, f64, double)

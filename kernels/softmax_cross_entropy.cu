@@ -1,0 +1,190 @@
+// Softmax cross-entropy against integer class targets, forward and backward, float32 (_f32) and
+// float64 (_f64). Logits are C-contiguous (rows, cols); targets int64 (rows,).
+//
+// One warp per row: a classifier's rows are short (tens to thousands of classes), so a warp
+// covers a row in a few strides and the row's reduction stays in registers (shuffles only).
+// The forward reads each logit once, with an online log-sum-exp (running max and a sum rescaled
+// whenever the max grows), so it is stable for logits of any magnitude without a second pass.
+//
+// Targets outside [0, cols) are validated by the Python caller; the kernels still never read
+// outside the row for them and write NaN for that row, so a bad label cannot corrupt memory or
+// pass unnoticed.
+//
+// No headers: compiled by NVRTC (cupy.RawModule) and by nvcc in the tests.
+
+template <typename T> struct Vec16;
+template <> struct Vec16<float>  { typedef float4  type; static const int width = 4; };
+template <> struct Vec16<double> { typedef double2 type; static const int width = 2; };
+
+__device__ __forceinline__ bool aligned16(const void* p) {
+    return (reinterpret_cast<unsigned long long>(p) & 15ULL) == 0;
+}
+
+__device__ __forceinline__ float  exp_(float v)  { return expf(v); }
+__device__ __forceinline__ double exp_(double v) { return exp(v); }
+__device__ __forceinline__ float  log_(float v)  { return logf(v); }
+__device__ __forceinline__ double log_(double v) { return log(v); }
+
+template <typename T> __device__ __forceinline__ T negative_infinity();
+template <> __device__ __forceinline__ float  negative_infinity<float>()  { return __int_as_float(0xff800000); }
+template <> __device__ __forceinline__ double negative_infinity<double>() {
+    return __longlong_as_double(0xfff0000000000000ULL);
+}
+template <typename T> __device__ __forceinline__ T quiet_nan();
+template <> __device__ __forceinline__ float  quiet_nan<float>()  { return __int_as_float(0x7fc00000); }
+template <> __device__ __forceinline__ double quiet_nan<double>() {
+    return __longlong_as_double(0x7ff8000000000000ULL);
+}
+
+const unsigned FULL_WARP = 0xffffffffu;
+
+// Add one logit to a running (max, sum of exp(v - max)).
+template <typename T>
+__device__ __forceinline__ void lse_push(T v, T& running_max, T& running_sum) {
+    if (v > running_max) {
+        running_sum = running_sum * exp_(running_max - v) + T(1);
+        running_max = v;
+    } else {
+        // v == max also covers a row of -inf logits, where v - max would be NaN
+        running_sum += (v == running_max) ? T(1) : exp_(v - running_max);
+    }
+}
+
+// Rescale a partial sum taken relative to `partial_max` to be relative to `max`.
+template <typename T>
+__device__ __forceinline__ T rescaled(T partial_sum, T partial_max, T max) {
+    return partial_max == max ? partial_sum : partial_sum * exp_(partial_max - max);
+}
+
+template <typename T>
+__device__ void softmax_cross_entropy_forward(const T* __restrict__ logits, const long long* __restrict__ target,
+                                              T* __restrict__ loss, T* __restrict__ lse,
+                                              long long rows, long long cols) {
+    typedef typename Vec16<T>::type V;
+    const int W = Vec16<T>::width;
+    const int lane = threadIdx.x & 31;
+    const long long warps_per_block = blockDim.x >> 5;
+    const long long first_row = blockIdx.x * warps_per_block + (threadIdx.x >> 5);
+    const long long row_stride = gridDim.x * warps_per_block;
+    // every row starts 16-byte aligned only when the base is and a row is a whole number of vectors
+    const bool vectorize = aligned16(logits) && cols % W == 0;
+    for (long long r = first_row; r < rows; r += row_stride) {
+        const T* row = logits + r * cols;
+        T m = negative_infinity<T>();
+        T s = T(0);
+        if (vectorize) {
+            const V* row_v = reinterpret_cast<const V*>(row);
+            for (long long j = lane; j < cols / W; j += 32) {
+                V v = row_v[j];
+                const T* e = reinterpret_cast<const T*>(&v);
+#pragma unroll
+                for (int k = 0; k < W; ++k) lse_push(e[k], m, s);
+            }
+        } else {
+            for (long long j = lane; j < cols; j += 32) lse_push(row[j], m, s);
+        }
+#pragma unroll
+        for (int offset = 16; offset > 0; offset >>= 1) {
+            T other_m = __shfl_xor_sync(FULL_WARP, m, offset);
+            T other_s = __shfl_xor_sync(FULL_WARP, s, offset);
+            T new_m = other_m > m ? other_m : m;
+            s = rescaled(s, m, new_m) + rescaled(other_s, other_m, new_m);
+            m = new_m;
+        }
+        if (lane == 0) {
+            const T row_lse = m + log_(s);
+            const long long t = target[r];
+            lse[r] = row_lse;
+            loss[r] = (t >= 0 && t < cols) ? row_lse - row[t] : quiet_nan<T>();
+        }
+    }
+}
+
+// out[0] = sum(values) / divisor, one block (blockDim.x a multiple of 32, at most 1024). A second
+// launch instead of atomics keeps the reduced loss deterministic and on the device. The sum runs
+// in double: one thread may add thousands of row losses, and this is N values, not N * C.
+template <typename T>
+__device__ void sum_divided(const T* __restrict__ values, T* __restrict__ out, T divisor, long long n) {
+    __shared__ double warp_sums[32];
+    double acc = 0.0;
+    for (long long i = threadIdx.x; i < n; i += blockDim.x) acc += (double)values[i];
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) acc += __shfl_xor_sync(FULL_WARP, acc, offset);
+    const int warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
+    if (lane == 0) warp_sums[warp] = acc;
+    __syncthreads();
+    if (warp == 0) {
+        acc = lane < (int)(blockDim.x >> 5) ? warp_sums[lane] : 0.0;
+#pragma unroll
+        for (int offset = 16; offset > 0; offset >>= 1) acc += __shfl_xor_sync(FULL_WARP, acc, offset);
+        if (lane == 0) out[0] = (T)(acc / (double)divisor);
+    }
+}
+
+// grad[r, c] = (exp(logits[r, c] - lse[r]) - (c == target[r])) * g_r, where g_r is
+// grad_loss[r] when per_row, else grad_loss[0] / divisor (divisor = rows for 'mean', 1 for 'sum').
+// grad_loss is read on the device so the backward never waits for the host.
+template <typename T>
+__device__ void softmax_cross_entropy_backward(const T* __restrict__ logits, const long long* __restrict__ target,
+                                               const T* __restrict__ lse, const T* __restrict__ grad_loss,
+                                               T* __restrict__ grad, T divisor, long long rows, long long cols,
+                                               int per_row) {
+    typedef typename Vec16<T>::type V;
+    const int W = Vec16<T>::width;
+    const int lane = threadIdx.x & 31;
+    const long long warps_per_block = blockDim.x >> 5;
+    const long long first_row = blockIdx.x * warps_per_block + (threadIdx.x >> 5);
+    const long long row_stride = gridDim.x * warps_per_block;
+    const bool vectorize = aligned16(logits) && aligned16(grad) && cols % W == 0;
+    for (long long r = first_row; r < rows; r += row_stride) {
+        const T* row = logits + r * cols;
+        T* grad_row = grad + r * cols;
+        const long long t = target[r];
+        const bool valid = t >= 0 && t < cols;
+        const T row_lse = lse[r];
+        const T g = per_row ? grad_loss[r] : grad_loss[0] / divisor;
+        if (vectorize) {
+            const V* row_v = reinterpret_cast<const V*>(row);
+            V* grad_v = reinterpret_cast<V*>(grad_row);
+            for (long long j = lane; j < cols / W; j += 32) {
+                V v = row_v[j];
+                T* e = reinterpret_cast<T*>(&v);
+#pragma unroll
+                for (int k = 0; k < W; ++k) {
+                    T p = exp_(e[k] - row_lse);
+                    if (j * W + k == t) p -= T(1);
+                    e[k] = valid ? p * g : quiet_nan<T>();
+                }
+                grad_v[j] = v;
+            }
+        } else {
+            for (long long j = lane; j < cols; j += 32) {
+                T p = exp_(row[j] - row_lse);
+                if (j == t) p -= T(1);
+                grad_row[j] = valid ? p * g : quiet_nan<T>();
+            }
+        }
+    }
+}
+
+#define SOFTMAX_CROSS_ENTROPY_KERNELS(SUFFIX, T)                                                         \
+    extern "C" __global__ void softmax_cross_entropy_forward_##SUFFIX(                                   \
+            const T* __restrict__ logits, const long long* __restrict__ target, T* __restrict__ loss,    \
+            T* __restrict__ lse, long long rows, long long cols) {                                       \
+        softmax_cross_entropy_forward<T>(logits, target, loss, lse, rows, cols);                         \
+    }                                                                                                    \
+    extern "C" __global__ void sum_divided_##SUFFIX(                                                     \
+            const T* __restrict__ values, T* __restrict__ out, T divisor, long long n) {                 \
+        sum_divided<T>(values, out, divisor, n);                                                         \
+    }                                                                                                    \
+    extern "C" __global__ void softmax_cross_entropy_backward_##SUFFIX(                                  \
+            const T* __restrict__ logits, const long long* __restrict__ target, const T* __restrict__ lse, \
+            const T* __restrict__ grad_loss, T* __restrict__ grad, T divisor, long long rows,            \
+            long long cols, int per_row) {                                                               \
+        softmax_cross_entropy_backward<T>(logits, target, lse, grad_loss, grad, divisor, rows, cols,     \
+                                          per_row);                                                      \
+    }
+
+SOFTMAX_CROSS_ENTROPY_KERNELS(f32, float)
+SOFTMAX_CROSS_ENTROPY_KERNELS(f64, double)

@@ -1,0 +1,773 @@
+"""Fused kernels: the CUDA sources compile, the NumPy twins compute the documented functions, and
+on a GPU each CUDA kernel agrees with its twin.
+
+References here are written independently of the twins: element by element with Python's `math`
+in double precision, or from the defining formula (finite differences, hand-computed SGD steps).
+"""
+
+import math
+import re
+import shutil
+import struct
+import subprocess
+import warnings
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from tensorgrad import kernels
+
+ROOT = Path(__file__).resolve().parent.parent
+CUDA_SOURCES = sorted((ROOT / "kernels").glob("*.cu"))
+ARCHES = ("sm_80", "sm_90")
+DTYPES = (np.float32, np.float64)
+NONLINEAR = tuple(kind for kind in kernels.ACTIVATIONS if kind != "identity")
+ALPHA = {"leaky_relu": 0.01, "elu": 1.3}
+TWINS = kernels.NumpyKernels()
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
+
+
+def alpha_of(kind):
+    return ALPHA.get(kind, 0.0)
+
+
+def tolerance(dtype):
+    """(rtol, atol) for a twin in `dtype` against a double-precision reference."""
+    return (2e-6, 1e-7) if dtype == np.float32 else (1e-13, 1e-300)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA sources: nvcc compiles each for sm_80 and sm_90, and every kernel kernels.py launches exists.
+
+@cache
+def _cubin(source: Path, arch: str, out_dir: Path) -> bytes:
+    target = out_dir / f"{source.stem}.{arch}.cubin"
+    result = subprocess.run(["nvcc", f"-arch={arch}", "-cubin", "-o", str(target), str(source)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"nvcc -arch={arch} failed on {source.name}:\n{result.stderr}"
+    return target.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def cubin_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cubin")
+
+
+def _entry_points(cubin: bytes) -> set[str]:
+    """Names of the kernel entry points (global functions flagged STO_CUDA_ENTRY) in an ELF64 cubin."""
+    section_offset, = struct.unpack_from("<Q", cubin, 0x28)
+    entry_size, count = struct.unpack_from("<HH", cubin, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", cubin, section_offset + i * entry_size)
+                for i in range(count)]
+    names = set()
+    for _, kind, _, _, offset, size, link, _, _, symbol_size in sections:
+        if kind != 2:  # SHT_SYMTAB
+            continue
+        strings = sections[link][4]
+        for at in range(offset, offset + size, symbol_size):
+            name_at, info, other, _, _, _ = struct.unpack_from("<IBBHQQ", cubin, at)
+            is_global_function = info >> 4 == 1 and info & 0xF == 2
+            if is_global_function and other & 0x10:
+                end = cubin.index(b"\0", strings + name_at)
+                names.add(cubin[strings + name_at:end].decode())
+    return names
+
+
+def test_every_cuda_source_is_in_the_launch_table():
+    assert {source.name for source in CUDA_SOURCES} == set(kernels.KERNEL_SOURCES)
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", ARCHES)
+@pytest.mark.parametrize("source", CUDA_SOURCES, ids=lambda p: p.name)
+def test_cuda_source_compiles_with_nvcc(source, arch, cubin_dir):
+    assert _cubin(source, arch, cubin_dir).startswith(b"\x7fELF")
+
+
+@needs_nvcc
+@pytest.mark.parametrize("source", CUDA_SOURCES, ids=lambda p: p.name)
+def test_launched_kernels_are_extern_c_globals_of_their_source(source, cubin_dir):
+    launched = set(kernels.KERNEL_SOURCES[source.name])
+    # The kernels are stamped out by macros, so grep the preprocessed text; nvcc spells
+    # __global__ as __attribute__((global)) there.
+    preprocessed = subprocess.run(["nvcc", "-E", "-arch=sm_80", str(source)], capture_output=True,
+                                  text=True, timeout=300, check=True).stdout
+    declared = set(re.findall(r'extern "C" (?:__global__|__attribute__\(\(global\)\)) void (\w+)\(',
+                              preprocessed))
+    assert launched <= declared, f"launched but not declared extern \"C\" __global__: {launched - declared}"
+    # C linkage shows in the object file: the unmangled names are the module's entry points.
+    for arch in ARCHES:
+        entry_points = _entry_points(_cubin(source, arch, cubin_dir))
+        assert entry_points == launched, (f"{source.name} ({arch}): entry points not launched "
+                                          f"{entry_points - launched}, "
+                                          f"launched but missing {launched - entry_points}")
+
+
+def test_cuda_sources_include_no_headers():
+    # NVRTC (cupy.RawModule) has no system include path
+    for source in CUDA_SOURCES:
+        assert "#include" not in source.read_text(), f"{source.name} has an #include"
+
+
+def test_source_finder_prefers_the_installed_package_then_the_source_tree():
+    package = Path(kernels.__file__).resolve().parent
+    assert kernels.KERNEL_SOURCE_DIRS == (package / "cuda_kernels", package.parent / "kernels")
+    assert kernels.kernel_source_dir() in kernels.KERNEL_SOURCE_DIRS
+
+
+# ---------------------------------------------------------------------------------------------
+# Double-precision references, element by element.
+
+def _sigmoid(v):
+    if v >= 0:
+        return 1 / (1 + math.exp(-v))
+    e = math.exp(v)
+    return e / (1 + e)
+
+
+FORWARD = {
+    "identity": lambda v, a: v,
+    "sigmoid": lambda v, a: _sigmoid(v),
+    "tanh": lambda v, a: math.tanh(v),
+    "relu": lambda v, a: v if v > 0 else 0.0,
+    "leaky_relu": lambda v, a: v if v > 0 else a * v,
+    "elu": lambda v, a: v if v > 0 else a * math.expm1(v),
+}
+# derivatives in terms of the input x
+DERIVATIVE = {
+    "identity": lambda v, a: 1.0,
+    "sigmoid": lambda v, a: _sigmoid(v) * (1 - _sigmoid(v)),
+    "tanh": lambda v, a: 1 - math.tanh(v) ** 2,
+    "relu": lambda v, a: 1.0 if v > 0 else 0.0,
+    "leaky_relu": lambda v, a: 1.0 if v > 0 else a,
+    "elu": lambda v, a: 1.0 if v > 0 else a * math.exp(v),
+}
+
+
+def reference(table, kind, x, alpha):
+    return np.array([table[kind](float(v), alpha) for v in x.ravel()]).reshape(x.shape)
+
+
+def sample(shape, dtype, scale=3.0, seed=0):
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# NumPy twins: activations.
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", kernels.ACTIVATIONS)
+def test_activation_forward_matches_reference(kind, dtype):
+    x = sample((6, 37), dtype)
+    y = TWINS.activation_forward(kind, x, alpha_of(kind))
+    assert y.dtype == dtype and y.shape == x.shape
+    rtol, atol = tolerance(dtype)
+    np.testing.assert_allclose(y, reference(FORWARD, kind, x, alpha_of(kind)), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", kernels.ACTIVATIONS)
+def test_activation_backward_from_saved_output_matches_derivative(kind, dtype):
+    x = sample((5, 41), dtype)
+    gy = sample(x.shape, dtype, scale=1.0, seed=1)
+    y = TWINS.activation_forward(kind, x, alpha_of(kind))
+    gx = TWINS.activation_backward(kind, y, gy, alpha_of(kind))
+    assert gx.dtype == dtype
+    expected = gy.astype(np.float64) * reference(DERIVATIVE, kind, x, alpha_of(kind))
+    # The slope is formed from the rounded y: where f' is small, 1 - y or y + alpha cancels, so the
+    # error is absolute (a few ulps of y) rather than relative.
+    rtol, atol = (2e-5, 1e-6) if dtype == np.float32 else (1e-12, 1e-14)
+    np.testing.assert_allclose(gx, expected, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("kind", kernels.ACTIVATIONS)
+def test_activation_backward_matches_finite_differences(kind):
+    x = sample((300,), np.float64)
+    x = x[np.abs(x) > 1e-3]  # keep clear of the kinks at 0, where the derivative is one-sided
+    alpha, h = alpha_of(kind), 1e-6
+    forward = TWINS.activation_forward
+    numeric = (forward(kind, x + h, alpha) - forward(kind, x - h, alpha)) / (2 * h)
+    y = TWINS.activation_forward(kind, x, alpha)
+    analytic = TWINS.activation_backward(kind, y, np.ones_like(y), alpha)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_derivatives_at_zero_take_the_nonpositive_branch():
+    zero = np.zeros(1)
+    one = np.ones(1)
+    assert TWINS.activation_backward("relu", zero, one)[0] == 0.0
+    assert TWINS.activation_backward("leaky_relu", zero, one, 0.2)[0] == 0.2
+    assert TWINS.activation_backward("elu", zero, one, 0.7)[0] == 0.7
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", kernels.ACTIVATIONS)
+def test_activations_stay_finite_and_silent_at_magnitude_1e4(kind, dtype):
+    x = np.array([-1e4, -100.0, -0.0, 0.0, 100.0, 1e4], dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = TWINS.activation_forward(kind, x, alpha_of(kind))
+        gx = TWINS.activation_backward(kind, y, np.ones_like(y), alpha_of(kind))
+    assert np.isfinite(y).all() and np.isfinite(gx).all()
+    if kind == "sigmoid":
+        np.testing.assert_array_equal(y[[0, -1]], [0.0, 1.0])
+        np.testing.assert_array_equal(gx[[0, -1]], [0.0, 0.0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(hnp.arrays(np.float64, st.integers(1, 40), elements=st.floats(-1e4, 1e4)),
+       st.sampled_from(kernels.ACTIVATIONS), st.floats(0.0, 3.0))
+def test_activation_forward_matches_reference_anywhere_in_range(x, kind, alpha):
+    y = TWINS.activation_forward(kind, x, alpha)
+    np.testing.assert_allclose(y, reference(FORWARD, kind, x, alpha), rtol=1e-13, atol=1e-300)
+
+
+@pytest.mark.parametrize("kind", kernels.ACTIVATIONS)
+def test_activation_forward_with_alpha_above_one(kind):
+    # leaky_relu as max(x, alpha*x) would be wrong for alpha > 1; every kind follows its definition
+    x = sample((50,), np.float64)
+    y = TWINS.activation_forward(kind, x, 2.5)
+    np.testing.assert_allclose(y, reference(FORWARD, kind, x, 2.5), rtol=1e-13)
+
+
+@pytest.mark.parametrize("kind", kernels.ACTIVATIONS)
+def test_activations_in_place(kind):
+    alpha = alpha_of(kind)
+    x = sample((4, 9), np.float32)
+    expected_y = TWINS.activation_forward(kind, x, alpha)
+    x_inplace = x.copy()
+    assert TWINS.activation_forward(kind, x_inplace, alpha, out=x_inplace) is x_inplace
+    np.testing.assert_array_equal(x_inplace, expected_y)
+
+    gy = sample(x.shape, np.float32, seed=3)
+    expected_gx = TWINS.activation_backward(kind, expected_y, gy, alpha)
+    assert TWINS.activation_backward(kind, expected_y, gy, alpha, out=gy) is gy
+    np.testing.assert_array_equal(gy, expected_gx)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", kernels.ACTIVATIONS)
+def test_bias_activation_forward(kind, dtype):
+    x = sample((7, 13), dtype)
+    bias = sample((13,), dtype, seed=5)
+    expected = reference(FORWARD, kind, x.astype(np.float64) + bias.astype(np.float64), alpha_of(kind))
+    y = TWINS.bias_activation_forward(kind, x, bias, alpha_of(kind))
+    assert y.dtype == dtype and y.shape == x.shape
+    rtol, atol = tolerance(dtype)
+    # float32: x + b is rounded before f sees it
+    np.testing.assert_allclose(y, expected, rtol=rtol * 10, atol=atol * 100 if dtype == np.float32 else atol)
+    assert TWINS.bias_activation_forward(kind, x, bias, alpha_of(kind), out=x) is x
+    np.testing.assert_array_equal(x, y)
+
+
+# ---------------------------------------------------------------------------------------------
+# NumPy twins: softmax cross-entropy.
+
+def log_softmax_reference(logits):
+    out = np.empty(logits.shape)
+    for i, row in enumerate(logits.astype(np.float64)):
+        top = max(row)
+        log_total = math.log(math.fsum(math.exp(v - top) for v in row))
+        out[i] = [v - top - log_total for v in row]
+    return out
+
+
+def targets(n, c, seed=0):
+    return np.random.default_rng(seed).integers(0, c, size=n).astype(np.int64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", kernels.REDUCTIONS)
+def test_softmax_cross_entropy_forward_matches_log_softmax(reduction, dtype):
+    logits = sample((9, 6), dtype)
+    target = targets(9, 6)
+    loss, lse = TWINS.softmax_cross_entropy_forward(logits, target, reduction)
+    log_p = log_softmax_reference(logits)
+    per_row = -log_p[np.arange(9), target]
+    expected = {"none": per_row, "sum": per_row.sum(), "mean": per_row.mean()}[reduction]
+    assert loss.dtype == dtype and lse.dtype == dtype
+    assert loss.shape == ((9,) if reduction == "none" else ())
+    rtol, atol = tolerance(dtype)
+    np.testing.assert_allclose(loss, expected, rtol=rtol * 5, atol=atol)
+    # lse is what log_softmax subtracts from each logit
+    np.testing.assert_allclose(lse, (logits - log_p)[:, 0], rtol=rtol * 5, atol=atol * 10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", kernels.REDUCTIONS)
+def test_softmax_cross_entropy_backward_is_softmax_minus_onehot(reduction, dtype):
+    n, c = 8, 5
+    logits = sample((n, c), dtype)
+    target = targets(n, c, seed=2)
+    loss, lse = TWINS.softmax_cross_entropy_forward(logits, target, reduction)
+    grad_loss = (sample((n,), dtype, scale=1.0, seed=4) if reduction == "none"
+                 else np.array(2.5, dtype=dtype))
+    grad = TWINS.softmax_cross_entropy_backward(logits, target, lse, grad_loss, reduction)
+    softmax = np.exp(log_softmax_reference(logits))
+    onehot = np.eye(c)[target]
+    weight = {"none": lambda: grad_loss.astype(np.float64)[:, None], "sum": lambda: 2.5,
+              "mean": lambda: 2.5 / n}[reduction]()
+    assert grad.dtype == dtype and grad.shape == (n, c)
+    rtol, atol = tolerance(dtype)
+    np.testing.assert_allclose(grad, (softmax - onehot) * weight, rtol=rtol * 10, atol=atol * 10)
+
+
+@pytest.mark.parametrize("reduction", kernels.REDUCTIONS)
+def test_softmax_cross_entropy_backward_matches_finite_differences(reduction):
+    n, c = 4, 7
+    logits = sample((n, c), np.float64)
+    target = targets(n, c, seed=6)
+    weights = sample((n,), np.float64, scale=1.0, seed=7)
+    grad_loss = weights if reduction == "none" else np.array(1.5)
+
+    def objective(z):
+        loss, _ = TWINS.softmax_cross_entropy_forward(z, target, reduction)
+        return float(np.sum(loss * grad_loss))
+
+    h = 1e-6
+    numeric = np.zeros_like(logits)
+    for index in np.ndindex(logits.shape):
+        step = np.zeros_like(logits)
+        step[index] = h
+        numeric[index] = (objective(logits + step) - objective(logits - step)) / (2 * h)
+    _, lse = TWINS.softmax_cross_entropy_forward(logits, target, reduction)
+    analytic = TWINS.softmax_cross_entropy_backward(logits, target, lse, grad_loss, reduction)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_cross_entropy_is_stable_at_magnitude_1e4(dtype):
+    logits = np.array([[1e4, -1e4, 0.0], [1e4, -1e4, 0.0], [-1e4, -1e4, -1e4]], dtype=dtype)
+    target = np.array([0, 2, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss, lse = TWINS.softmax_cross_entropy_forward(logits, target, "none")
+        grad = TWINS.softmax_cross_entropy_backward(logits, target, lse, np.ones(3, dtype), "none")
+    # float32 keeps lse = -1e4 + log(3) only to an ulp of 1e4 (about 1e-3)
+    atol = 2e-3 if dtype == np.float32 else 1e-9
+    np.testing.assert_allclose(loss, [0.0, 1e4, math.log(3)], rtol=1e-7, atol=atol)
+    np.testing.assert_allclose(grad, [[0, 0, 0], [1, 0, -1], [1 / 3, -2 / 3, 1 / 3]], atol=atol)
+
+
+def test_softmax_cross_entropy_marks_out_of_range_targets_with_nan():
+    logits = sample((3, 4), np.float64)
+    target = np.array([1, 4, -1])
+    loss, lse = TWINS.softmax_cross_entropy_forward(logits, target, "none")
+    assert np.isfinite(loss[0]) and np.isnan(loss[1:]).all() and np.isfinite(lse).all()
+    grad = TWINS.softmax_cross_entropy_backward(logits, target, lse, np.ones(3), "none")
+    assert np.isfinite(grad[0]).all() and np.isnan(grad[1:]).all()
+
+
+def test_softmax_cross_entropy_backward_writes_into_out():
+    logits = sample((3, 4), np.float32)
+    target = targets(3, 4)
+    _, lse = TWINS.softmax_cross_entropy_forward(logits, target)
+    out = np.full_like(logits, np.nan)
+    grad_loss = np.array(1.0, np.float32)
+    assert TWINS.softmax_cross_entropy_backward(logits, target, lse, grad_loss, out=out) is out
+    np.testing.assert_array_equal(out, TWINS.softmax_cross_entropy_backward(logits, target, lse, grad_loss))
+
+
+# ---------------------------------------------------------------------------------------------
+# NumPy twins: SGD.
+
+SGD_SETTINGS = [
+    dict(weight_decay=wd, momentum=m, dampening=d, nesterov=nest)
+    for wd in (0.0, 0.05) for m in (0.0, 0.9) for d in (0.0, 0.3) for nest in (False, True)
+    if not (m == 0 and (d or nest))
+]
+
+
+def run_sgd(update, params, grads, lr, momentum, **hyper):
+    """Three steps of `update` over copies; returns the final params and momentum buffers."""
+    params = [p.copy() for p in params]
+    bufs = [np.zeros_like(p) for p in params] if momentum else None
+    for step in range(3):
+        for i, (p, g) in enumerate(zip(params, grads)):
+            update(p, g * (step + 1), None if bufs is None else bufs[i], lr=lr, momentum=momentum,
+                   first_step=step == 0, **hyper)
+    return params, bufs
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hyper", SGD_SETTINGS, ids=lambda h: "-".join(f"{k}={v}" for k, v in h.items()))
+def test_sgd_update_matches_reference_loop(hyper, dtype):
+    params = [sample((13, 7), dtype, seed=1), sample((5,), dtype, seed=2)]
+    grads = [sample((13, 7), dtype, seed=3), sample((5,), dtype, seed=4)]
+    fused, fused_bufs = run_sgd(TWINS.sgd_update, params, grads, lr=0.1, **hyper)
+    ref, ref_bufs = run_sgd(kernels.sgd_update_reference, params, grads, lr=0.1, **hyper)
+    rtol = 1e-6 if dtype == np.float32 else 1e-14
+    for a, b in zip(fused + (fused_bufs or []), ref + (ref_bufs or [])):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol)
+
+
+HAND_STEPS = [
+    # (hyperparameters, param after step 1, after step 2); p0 = 1, grad = 0.5 each step, lr = 0.1
+    (dict(weight_decay=0.0, momentum=0.0, dampening=0.0, nesterov=False), 0.95, 0.9),
+    # d1 = 0.51, buf1 = 0.51; d2 = 0.5 + 0.01*0.949 = 0.50949, buf2 = 0.9*0.51 + 0.9*0.50949 = 0.917541
+    (dict(weight_decay=0.01, momentum=0.9, dampening=0.1, nesterov=False), 0.949, 0.8572459),
+    # step 1: buf = 0.51, d = 0.51 + 0.9*0.51 = 0.969; step 2: d = 0.509031, buf = 0.968031,
+    # d = 0.509031 + 0.9*0.968031 = 1.3802589
+    (dict(weight_decay=0.01, momentum=0.9, dampening=0.0, nesterov=True), 0.9031, 0.76507411),
+]
+
+
+@pytest.mark.parametrize("update", [TWINS.sgd_update, kernels.sgd_update_reference],
+                         ids=["twin", "reference"])
+@pytest.mark.parametrize("hyper, after_one, after_two", HAND_STEPS)
+def test_sgd_update_against_hand_calculation(update, hyper, after_one, after_two):
+    param = np.array([1.0])
+    buf = np.zeros(1) if hyper["momentum"] else None
+    update(param, np.array([0.5]), buf, lr=0.1, first_step=True, **hyper)
+    assert param[0] == pytest.approx(after_one, rel=1e-12)
+    update(param, np.array([0.5]), buf, lr=0.1, first_step=False, **hyper)
+    assert param[0] == pytest.approx(after_two, rel=1e-12)
+
+
+def test_sgd_update_leaves_the_gradient_alone():
+    param, grad, buf = np.ones(4), np.full(4, 0.5), np.zeros(4)
+    TWINS.sgd_update(param, grad, buf, lr=0.1, weight_decay=0.1, momentum=0.9, dampening=0.5,
+                     nesterov=False, first_step=True)
+    np.testing.assert_array_equal(grad, np.full(4, 0.5))
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgd_update_multi_equals_per_parameter_updates(momentum):
+    shapes = [(3, 4), (1,), (17,)]
+    params = [sample(s, np.float32, seed=i) for i, s in enumerate(shapes)]
+    grads = [sample(s, np.float32, seed=10 + i) for i, s in enumerate(shapes)]
+    hyper = dict(lr=0.05, weight_decay=0.01, momentum=momentum, dampening=0.0, nesterov=momentum > 0)
+    multi = [p.copy() for p in params]
+    multi_bufs = [np.zeros_like(p) for p in params] if momentum else None
+    single = [p.copy() for p in params]
+    single_bufs = [np.zeros_like(p) for p in params] if momentum else [None] * len(params)
+    for step in range(2):
+        TWINS.sgd_update_multi(multi, grads, multi_bufs, first_step=step == 0, **hyper)
+        for p, g, b in zip(single, grads, single_bufs):
+            TWINS.sgd_update(p, g, b, first_step=step == 0, **hyper)
+    for a, b in zip(multi, single):
+        np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument errors name the function, the shapes as tuples and what was expected.
+
+def test_unknown_activation_is_a_value_error():
+    with pytest.raises(ValueError, match=r"activation_forward: unknown activation 'swish'.*'relu'"):
+        TWINS.activation_forward("swish", np.zeros(3))
+    with pytest.raises(ValueError, match="activation_backward: unknown activation"):
+        TWINS.activation_backward("gelu", np.zeros(3), np.zeros(3))
+
+
+def test_integer_input_is_a_type_error():
+    with pytest.raises(TypeError, match="activation_forward: x must be float32 or float64, got int64"):
+        TWINS.activation_forward("relu", np.arange(3))
+
+
+def test_mismatched_shapes_are_value_errors():
+    with pytest.raises(ValueError,
+                       match=r"bias_activation_forward: .*\(N, M\).*\(M,\).*got \(3, 4\) and \(5,\)"):
+        TWINS.bias_activation_forward("relu", np.zeros((3, 4)), np.zeros(5))
+    with pytest.raises(ValueError, match=r"activation_backward: gy has shape \(2, 3\), expected \(3, 2\)"):
+        TWINS.activation_backward("tanh", np.zeros((3, 2)), np.zeros((2, 3)))
+    with pytest.raises(ValueError,
+                       match=r"softmax_cross_entropy_forward: .*target of shape \(N,\) = \(4,\).*got \(3,\)"):
+        TWINS.softmax_cross_entropy_forward(np.zeros((4, 2)), np.zeros(3, np.int64), "mean")
+    with pytest.raises(ValueError, match=r"grad_loss has shape \(\), expected \(4,\)"):
+        TWINS.softmax_cross_entropy_backward(np.zeros((4, 2)), np.zeros(4, np.int64), np.zeros(4),
+                                             np.array(1.0), "none")
+
+
+def test_mismatched_dtypes_are_type_errors():
+    with pytest.raises(TypeError, match="activation_forward: out has dtype float64, expected float32"):
+        TWINS.activation_forward("relu", np.zeros(3, np.float32), out=np.zeros(3))
+    with pytest.raises(TypeError, match="softmax_cross_entropy_forward: target must be a C-contiguous int64"):
+        TWINS.softmax_cross_entropy_forward(np.zeros((2, 3)), np.zeros(2, np.int32), "mean")
+    with pytest.raises(ValueError, match="unknown reduction 'avg'"):
+        TWINS.softmax_cross_entropy_forward(np.zeros((2, 3)), np.zeros(2, np.int64), "avg")
+
+
+def test_sgd_argument_errors():
+    with pytest.raises(ValueError, match=r"sgd_update: momentum=0.9 needs a momentum buffer"):
+        TWINS.sgd_update(np.zeros(2), np.zeros(2), None, lr=0.1, weight_decay=0.0, momentum=0.9,
+                         dampening=0.0, nesterov=False, first_step=True)
+    with pytest.raises(ValueError, match=r"sgd_update: grad has shape \(3,\), expected \(2,\)"):
+        TWINS.sgd_update(np.zeros(2), np.zeros(3), None, lr=0.1, weight_decay=0.0, momentum=0.0,
+                         dampening=0.0, nesterov=False, first_step=True)
+    with pytest.raises(ValueError, match="sgd_update_multi: got 2 params, 1 grads"):
+        TWINS.sgd_update_multi([np.zeros(2), np.zeros(2)], [np.zeros(2)], None, lr=0.1, weight_decay=0.0,
+                               momentum=0.0, dampening=0.0, nesterov=False, first_step=True)
+
+
+def test_non_contiguous_input_is_rejected():
+    with pytest.raises(ValueError, match=r"activation_forward: x of shape \(3, 2\) must be C-contiguous"):
+        TWINS.activation_forward("relu", np.zeros((2, 3)).T)
+
+
+def test_for_array_dispatches_on_the_array_type():
+    assert kernels.for_array(np.zeros(2)) is kernels.for_array(np.ones((3, 3), np.float32))
+    assert isinstance(kernels.for_array(np.zeros(2)), kernels.NumpyKernels)
+    with pytest.raises(TypeError, match="kernels.for_array: expected a numpy or cupy array, got list"):
+        kernels.for_array([1.0])
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU: every CUDA kernel against its NumPy twin, outputs poisoned with NaN before each launch.
+
+SIZES = (1, 7, 1025, 2**20 + 3)
+# 2-D shapes: the sizes as columns and as rows, plus widths that are whole 16-byte vectors
+SHAPES_2D = ([(3, s) for s in SIZES] + [(s, 3) for s in SIZES[1:]] + [(5, 4), (33, 1024)])
+
+
+@pytest.fixture
+def cp():
+    from tensorgrad import backend
+    return backend.cupy()
+
+
+def device_sample(cp, shape, dtype, scale=3.0, seed=0, misaligned=False):
+    """A cupy copy of sample(); misaligned puts it one element past a 16-byte boundary."""
+    host = sample(shape, dtype, scale, seed)
+    if not misaligned:
+        return cp.asarray(host), host
+    backing = cp.empty(host.size + 1, dtype=dtype)
+    device = backing[1:].reshape(shape)
+    device.set(host)
+    return device, host
+
+
+def poisoned(cp, shape, dtype, misaligned=False):
+    backing = cp.full(int(np.prod(shape)) + 1, np.nan, dtype=dtype)
+    return (backing[1:] if misaligned else backing[:-1]).reshape(shape)
+
+
+def gpu_tolerance(dtype):
+    # transcendental functions differ by a few ulps between CUDA's libdevice and NumPy
+    return dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("misaligned", [False, True], ids=["aligned", "misaligned"])
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", kernels.ACTIVATIONS)
+def test_gpu_activation_forward_and_backward_match_twin(cp, kind, dtype, size, misaligned):
+    alpha = alpha_of(kind)
+    gpu = kernels.for_array(cp.zeros(1))
+    x, x_host = device_sample(cp, (size,), dtype, misaligned=misaligned)
+    y = poisoned(cp, (size,), dtype, misaligned)
+    assert gpu.activation_forward(kind, x, alpha, out=y) is y
+    y_host = TWINS.activation_forward(kind, x_host, alpha)
+    np.testing.assert_allclose(y.get(), y_host, **gpu_tolerance(dtype))
+
+    gy, gy_host = device_sample(cp, (size,), dtype, scale=1.0, seed=1, misaligned=misaligned)
+    y_saved = cp.asarray(y_host)
+    gx = poisoned(cp, (size,), dtype, misaligned)
+    gpu.activation_backward(kind, y_saved, gy, alpha, out=gx)
+    np.testing.assert_allclose(gx.get(), TWINS.activation_backward(kind, y_host, gy_host, alpha),
+                               **gpu_tolerance(dtype))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", kernels.ACTIVATIONS)
+def test_gpu_activations_in_place_and_at_magnitude_1e4(cp, kind, dtype):
+    gpu = kernels.for_array(cp.zeros(1))
+    x_host = np.array([-1e4, -30.0, -1.0, -0.0, 0.0, 1.0, 30.0, 1e4, 2.0], dtype=dtype)
+    x = cp.asarray(x_host)
+    assert gpu.activation_forward(kind, x, alpha_of(kind), out=x) is x
+    y = x.get()
+    np.testing.assert_allclose(y, TWINS.activation_forward(kind, x_host, alpha_of(kind)),
+                               **gpu_tolerance(dtype))
+    assert np.isfinite(y).all()
+    gy = cp.ones_like(x)
+    gpu.activation_backward(kind, x, gy, alpha_of(kind), out=gy)
+    np.testing.assert_allclose(gy.get(), TWINS.activation_backward(kind, y, np.ones_like(y), alpha_of(kind)),
+                               **gpu_tolerance(dtype))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", SHAPES_2D)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", kernels.ACTIVATIONS)
+def test_gpu_bias_activation_matches_twin(cp, kind, dtype, shape):
+    gpu = kernels.for_array(cp.zeros(1))
+    x, x_host = device_sample(cp, shape, dtype)
+    bias, bias_host = device_sample(cp, shape[1:], dtype, seed=2)
+    y = poisoned(cp, shape, dtype)
+    gpu.bias_activation_forward(kind, x, bias, alpha_of(kind), out=y)
+    expected = TWINS.bias_activation_forward(kind, x_host, bias_host, alpha_of(kind))
+    np.testing.assert_allclose(y.get(), expected, **gpu_tolerance(dtype))
+    assert gpu.bias_activation_forward(kind, x, bias, alpha_of(kind), out=x) is x
+    np.testing.assert_allclose(x.get(), expected, **gpu_tolerance(dtype))
+
+
+def poison_pool(cp, shapes, dtype):
+    """Leave NaN in the memory pool's free blocks of these shapes, so that outputs the kernel
+    allocates itself start as NaN (best effort: the pool hands back a freed block of the same size)."""
+    for shape in shapes:
+        cp.full(shape, np.nan, dtype=dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("reduction", kernels.REDUCTIONS)
+@pytest.mark.parametrize("shape", SHAPES_2D)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpu_softmax_cross_entropy_matches_twin(cp, dtype, shape, reduction):
+    gpu = kernels.for_array(cp.zeros(1))
+    rows, cols = shape
+    logits, logits_host = device_sample(cp, shape, dtype)
+    target_host = targets(rows, cols, seed=3)
+    target = cp.asarray(target_host)
+    poison_pool(cp, [(rows,), (rows,), ()], dtype)
+    loss, lse = gpu.softmax_cross_entropy_forward(logits, target, reduction)
+    loss_host, lse_host = TWINS.softmax_cross_entropy_forward(logits_host, target_host, reduction)
+    assert loss.shape == loss_host.shape and loss.dtype == dtype and lse.dtype == dtype
+    tol = gpu_tolerance(dtype)
+    np.testing.assert_allclose(lse.get(), lse_host, **tol)
+    np.testing.assert_allclose(loss.get(), loss_host, **tol)
+
+    grad_loss_host = (sample((rows,), dtype, scale=1.0, seed=5) if reduction == "none"
+                      else np.array(0.75, dtype=dtype))
+    grad = poisoned(cp, shape, dtype)
+    # the twin's lse on both sides, so that this compares the backward kernel alone
+    gpu.softmax_cross_entropy_backward(logits, target, cp.asarray(lse_host), cp.asarray(grad_loss_host),
+                                       reduction, out=grad)
+    expected = TWINS.softmax_cross_entropy_backward(logits_host, target_host, lse_host, grad_loss_host,
+                                                    reduction)
+    np.testing.assert_allclose(grad.get(), expected, **tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpu_softmax_cross_entropy_stable_and_nan_for_bad_targets(cp, dtype):
+    gpu = kernels.for_array(cp.zeros(1))
+    logits_host = np.array([[1e4, -1e4, 0.0, 5.0], [1e4, -1e4, 0.0, 5.0], [1.0, 2.0, 3.0, 4.0],
+                            [1.0, 2.0, 3.0, 4.0]], dtype=dtype)
+    target_host = np.array([0, 2, 4, -1])
+    logits, target = cp.asarray(logits_host), cp.asarray(target_host)
+    loss, lse = gpu.softmax_cross_entropy_forward(logits, target, "none")
+    expected_loss, expected_lse = TWINS.softmax_cross_entropy_forward(logits_host, target_host, "none")
+    np.testing.assert_allclose(loss.get(), expected_loss, **gpu_tolerance(dtype))  # NaN rows compare equal
+    np.testing.assert_allclose(lse.get(), expected_lse, **gpu_tolerance(dtype))
+    grad = gpu.softmax_cross_entropy_backward(logits, target, lse, cp.ones(4, dtype), "none")
+    expected_grad = TWINS.softmax_cross_entropy_backward(logits_host, target_host, expected_lse,
+                                                         np.ones(4, dtype), "none")
+    np.testing.assert_allclose(grad.get(), expected_grad, **gpu_tolerance(dtype))
+    mean, _ = gpu.softmax_cross_entropy_forward(logits, target, "mean")
+    assert np.isnan(mean.get())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("hyper", SGD_SETTINGS, ids=lambda h: "-".join(f"{k}={v}" for k, v in h.items()))
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpu_sgd_update_matches_twin(cp, dtype, size, hyper):
+    gpu = kernels.for_array(cp.zeros(1))
+    param, param_host = device_sample(cp, (size,), dtype, seed=1, misaligned=size == 7)
+    grad_host = sample((size,), dtype, seed=2)
+    buf = poisoned(cp, (size,), dtype) if hyper["momentum"] else None  # the first step must overwrite it
+    buf_host = np.zeros(size, dtype) if hyper["momentum"] else None
+    for step in range(3):
+        grad = cp.asarray(grad_host * (step + 1))
+        gpu.sgd_update(param, grad, buf, lr=0.1, first_step=step == 0, **hyper)
+        TWINS.sgd_update(param_host, grad_host * (step + 1), buf_host, lr=0.1, first_step=step == 0, **hyper)
+    np.testing.assert_allclose(param.get(), param_host, **gpu_tolerance(dtype))
+    if buf is not None:
+        np.testing.assert_allclose(buf.get(), buf_host, **gpu_tolerance(dtype))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpu_sgd_update_multi_equals_per_parameter_and_caches_pointer_table(cp, dtype, momentum):
+    gpu = kernels.for_array(cp.zeros(1))
+    hyper = dict(lr=0.05, weight_decay=0.01, momentum=momentum, dampening=0.0, nesterov=momentum > 0)
+    multi = [device_sample(cp, (s,), dtype, seed=s, misaligned=s == 7)[0] for s in SIZES] + \
+        [device_sample(cp, (3, 5), dtype, seed=9)[0]]
+    single = [p.copy() for p in multi]
+    grads = [device_sample(cp, p.shape, dtype, seed=20 + i)[0] for i, p in enumerate(multi)]
+    multi_bufs = [poisoned(cp, p.shape, dtype) for p in multi] if momentum else None
+    single_bufs = [poisoned(cp, p.shape, dtype) for p in multi] if momentum else [None] * len(multi)
+    for step in range(3):
+        gpu.sgd_update_multi(multi, grads, multi_bufs, first_step=step == 0, **hyper)
+        for p, g, b in zip(single, grads, single_bufs):
+            gpu.sgd_update(p, g, b, first_step=step == 0, **hyper)
+        if step == 0:
+            tables = dict(gpu._pointer_tables)
+    # an unchanged set of arrays reuses its device table instead of uploading a new one
+    assert {k: id(v) for k, v in gpu._pointer_tables.items()} == {k: id(v) for k, v in tables.items()}
+    tight = dict(rtol=1e-6, atol=1e-7) if dtype == np.float32 else dict(rtol=1e-14, atol=1e-15)
+    for a, b in zip(multi, single):
+        np.testing.assert_allclose(a.get(), b.get(), **tight)
+    for a, b in zip(multi_bufs or [], single_bufs):
+        np.testing.assert_allclose(a.get(), b.get(), **tight)
+
+
+@pytest.mark.gpu
+def test_gpu_fused_reference_sgd_agree_on_device(cp):
+    gpu = kernels.for_array(cp.zeros(1))
+    hyper = dict(lr=0.1, weight_decay=0.05, momentum=0.9, dampening=0.0, nesterov=True)
+    fused, _ = device_sample(cp, (1025,), np.float64, seed=1)
+    ref = fused.copy()
+    grad, _ = device_sample(cp, (1025,), np.float64, seed=2)
+    fused_buf, ref_buf = cp.zeros_like(fused), cp.zeros_like(fused)
+    for step in range(3):
+        gpu.sgd_update(fused, grad, fused_buf, first_step=step == 0, **hyper)
+        kernels.sgd_update_reference(ref, grad, ref_buf, first_step=step == 0, **hyper)
+    np.testing.assert_allclose(fused.get(), ref.get(), rtol=1e-13)
+
+
+@pytest.mark.gpu
+def test_gpu_kernels_are_memoized_per_device(cp):
+    first = kernels.for_array(cp.zeros(1))
+    assert isinstance(first, kernels.CudaKernels)
+    assert kernels.for_array(cp.ones((2, 2), dtype=cp.float32)) is first
+
+
+@pytest.mark.gpu
+def test_gpu_training_step_runs_inside_a_cuda_graph_capture(cp):
+    # Stream capture rejects anything that waits for the host (a .get(), an .item(), a pageable
+    # upload), so a captured forward + backward + update proves the step makes no round trip.
+    gpu = kernels.for_array(cp.zeros(1))
+    x, _ = device_sample(cp, (64, 32), np.float32)
+    bias, _ = device_sample(cp, (32,), np.float32, seed=1)
+    target = cp.asarray(targets(64, 32))
+    params = [bias]
+    buf = [cp.zeros_like(bias)]
+    grad_bias = cp.empty_like(bias)  # a fixed address, so the pointer table is reused
+
+    def step(first_step):
+        hidden = gpu.bias_activation_forward("relu", x, bias)
+        loss, lse = gpu.softmax_cross_entropy_forward(hidden, target, "mean")
+        grad_hidden = gpu.softmax_cross_entropy_backward(hidden, target, lse, cp.ones((), cp.float32), "mean")
+        grad_pre = gpu.activation_backward("relu", hidden, grad_hidden)
+        cp.sum(grad_pre, axis=0, out=grad_bias)
+        gpu.sgd_update_multi(params, [grad_bias], buf, lr=0.1, weight_decay=0.0, momentum=0.9,
+                             dampening=0.0, nesterov=False, first_step=first_step)
+        return loss
+
+    step(True)  # compiles the kernels and warms the pointer-table cache and the memory pool
+    expected_bias = bias.copy()
+    expected_buf = buf[0].copy()
+    expected_loss = step(False)
+    eager_bias, eager_buf = bias.copy(), buf[0].copy()
+    bias[...] = expected_bias
+    buf[0][...] = expected_buf
+
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        captured_loss = step(False)
+        graph = stream.end_capture()
+        graph.launch(stream)
+    stream.synchronize()
+    np.testing.assert_allclose(captured_loss.get(), expected_loss.get(), rtol=1e-6)
+    np.testing.assert_allclose(bias.get(), eager_bias.get(), rtol=1e-6)
+    np.testing.assert_allclose(buf[0].get(), eager_buf.get(), rtol=1e-6)
