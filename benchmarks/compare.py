@@ -58,6 +58,11 @@ def render(results: dict) -> str:
         cells = [_format_time(medians[i]) if i in medians else "–" for i in ("tensorgrad", "numpy", "torch")]
         ratios = [f"{r:.2f}" if r is not None else "–" for r in (vs_numpy, vs_torch)]
         lines.append(f"| {group} | " + " | ".join(cells + ratios) + " |")
+    peaks = [(b["group"], implementation(b), b["extra_info"]["peak_mib"])
+             for b in results["benchmarks"] if "peak_mib" in b.get("extra_info", {})]
+    if peaks:
+        lines += ["", "| peak memory | implementation | MiB |", "| --- | --- | ---: |"]
+        lines += [f"| {group} | {impl} | {mib} |" for group, impl, mib in sorted(peaks)]
     return "\n".join(lines)
 
 
