@@ -1,4 +1,4 @@
-"""Shared test set-up: GPU tests skip cleanly where no CUDA device is usable."""
+"""Shared by tests/ and benchmarks/: anything marked `gpu` skips cleanly where no CUDA device is usable."""
 
 import pytest
 
