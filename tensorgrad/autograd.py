@@ -324,5 +324,6 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=False):
         g = captured.get(id(t))
         if g is not None and g.dtype != t.data.dtype:
             g = g.astype(t.data.dtype)
-        result.append(None if g is None else _wrap(g))
+        # like leaf .grad: a 0-d array (not a NumPy scalar from 0-d arithmetic), contiguous
+        result.append(None if g is None else _wrap(_as_leaf_grad(backend.array_module(g), g)))
     return tuple(result)
