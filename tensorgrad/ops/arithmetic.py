@@ -128,11 +128,19 @@ class Pow(_SavingBinary):
         a, b = self.a, self.b
         ga = gb = None
         if self.needs_grad(0):
-            if isinstance(b, (int, float)) and b == 2:
+            scalar_b = isinstance(b, (int, float))
+            if scalar_b and b == 2:
                 ga = g * (2 * a)
+            elif scalar_b and b == 0:
+                ga = array_module(g).zeros_like(a)
             else:
                 with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-                    ga = _fit(g * b * a ** (b - 1), self.a)
+                    ga = g * b * a ** (b - 1)
+                if not scalar_b:
+                    # a ** 0 is the constant 1: its slope is 0 also at a = 0, where 0 * 0^-1 is nan
+                    # (as PyTorch)
+                    ga = array_module(g).where(b == 0, 0, ga).astype(ga.dtype, copy=False)
+                ga = _fit(ga, self.a)
         if self.needs_grad(1):
             xp = array_module(g)
             with np.errstate(divide="ignore", invalid="ignore"):
