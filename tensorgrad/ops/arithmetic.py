@@ -178,6 +178,9 @@ class MatMul(Node):
             ga = g @ b.T if self.needs_grad(0) else None
             gb = a.T @ g if self.needs_grad(1) else None
             return ga, gb
+        if a.ndim == 1 and b.ndim == 1:  # a dot product: g is 0-d (or a NumPy scalar), nothing to promote
+            return (g * b if self.needs_grad(0) else None,
+                    g * a if self.needs_grad(1) else None)
         # Promote 1-D operands to matrices (a row, b a column), differentiate, then undo.
         a2 = a[None, :] if a.ndim == 1 else a
         b2 = b[:, None] if b.ndim == 1 else b
