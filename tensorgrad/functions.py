@@ -34,22 +34,13 @@ def where(condition, a, b) -> Tensor:
 
 
 def maximum(a, b) -> Tensor:
-    """Element-wise maximum; at ties the gradient goes to `a` (like where(a >= b, a, b))."""
-    a_t = a if isinstance(a, Tensor) else None
-    ref = a_t if a_t is not None else b
-    return where(_ge(ref, a, b), a, b)
+    """Element-wise maximum (NaN propagates); at ties each side gets half the gradient, as torch.maximum."""
+    return autograd.apply(ops.Maximum(), a, b)
 
 
 def minimum(a, b) -> Tensor:
-    """Element-wise minimum; at ties the gradient goes to `a`."""
-    ref = a if isinstance(a, Tensor) else b
-    return where(_ge(ref, b, a), a, b)
-
-
-def _ge(ref: Tensor, a, b) -> Tensor:
-    a_data = a.data if isinstance(a, Tensor) else a
-    b_data = b.data if isinstance(b, Tensor) else b
-    return Tensor(ref.xp.greater_equal(a_data, b_data))
+    """Element-wise minimum (NaN propagates); at ties each side gets half the gradient, as torch.minimum."""
+    return autograd.apply(ops.Minimum(), a, b)
 
 
 def exp(x: Tensor) -> Tensor:

@@ -151,6 +151,36 @@ class Pow(_SavingBinary):
         return ga, gb
 
 
+class _Extreme(_SavingBinary):
+    """Element-wise maximum / minimum; NaN propagates and ties give each side half (as torch.maximum)."""
+
+    __slots__ = ()
+
+    def compute(self, a, b):
+        xp = array_module(b if isinstance(a, (int, float)) else a)
+        return xp.maximum(a, b) if self.largest else xp.minimum(a, b)
+
+    def backward(self, g):
+        a, b = self.a, self.b
+        wins = (a > b) if self.largest else (a < b)
+        share = array_module(g).where(a == b, g.dtype.type(0.5), wins.astype(g.dtype))  # a's part
+        ga = _fit(g * share, a) if self.needs_grad(0) else None
+        gb = _fit(g * (1 - share), b) if self.needs_grad(1) else None
+        return ga, gb
+
+
+class Maximum(_Extreme):
+    __slots__ = ()
+    name = "maximum"
+    largest = True
+
+
+class Minimum(_Extreme):
+    __slots__ = ()
+    name = "minimum"
+    largest = False
+
+
 class MatMul(Node):
     """a @ b for 1-D, 2-D and batched N-D operands (batch dimensions broadcast)."""
 
