@@ -90,8 +90,11 @@ class Activation(Node):
 
     def backward(self, g):
         # g may be a broadcast view (from sum/mean); the kernels walk memory linearly.
-        return (kernels.for_array(g).activation_backward(self.kind, self.value, _contiguous(g), self.alpha),)
+        g = _contiguous(g)
+        return (kernels.for_array(g).activation_backward(self.kind, self.value, g, self.alpha),)
 
 
 def _contiguous(a):
+    if isinstance(a, np.generic):  # a NumPy scalar from 0-d arithmetic upstream; kernels take arrays
+        return np.asarray(a)
     return a if a.flags.c_contiguous else array_module(a).ascontiguousarray(a)
