@@ -233,6 +233,12 @@ def test_activation_forward_with_alpha_above_one(kind):
     x = sample((50,), np.float64)
     y = TWINS.activation_forward(kind, x, 2.5)
     np.testing.assert_allclose(y, reference(FORWARD, kind, x, 2.5), rtol=1e-13)
+    gy = sample((50,), np.float64, seed=8)
+    np.testing.assert_allclose(TWINS.activation_backward(kind, y, gy, 2.5),
+                               gy * reference(DERIVATIVE, kind, x, 2.5), rtol=1e-12, atol=1e-14)
+    x_inplace = x.copy()
+    TWINS.activation_forward(kind, x_inplace, 2.5, out=x_inplace)
+    np.testing.assert_array_equal(x_inplace, y)
 
 
 @pytest.mark.parametrize("kind", kernels.ACTIVATIONS)
@@ -753,7 +759,7 @@ def test_gpu_training_step_runs_inside_a_cuda_graph_capture(cp):
                              dampening=0.0, nesterov=False, first_step=first_step)
         return loss
 
-    step(True)  # compiles the kernels and warms the pointer-table cache and the memory pool
+    step(True)  # compiles the kernels and warms the pointer-table cache
     expected_bias = bias.copy()
     expected_buf = buf[0].copy()
     expected_loss = step(False)
@@ -761,6 +767,8 @@ def test_gpu_training_step_runs_inside_a_cuda_graph_capture(cp):
     bias[...] = expected_bias
     buf[0][...] = expected_buf
 
+    # the capture stream does not wait for the default stream, where the resets above were queued
+    cp.cuda.Device().synchronize()
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:
         stream.begin_capture()
