@@ -1,11 +1,12 @@
 """tensorgrad: a small, fast tensor autograd framework on NumPy (CPU) and CuPy (NVIDIA GPU)."""
 
-from . import backend, data, viz
+from . import backend, data, nn, optim, viz
 from .autograd import detect_anomaly, enable_grad, grad, is_grad_enabled, no_grad
 from .backend import cuda_available, default_device, set_default_device
 from .functions import concatenate, exp, log, maximum, minimum, sigmoid, sqrt, stack, tanh, where
 from .gradcheck import GradcheckError, gradcheck
 from .random import manual_seed
+from .serialization import load, save
 from .tensor import (
     Tensor,
     arange,
@@ -34,5 +35,6 @@ __all__ = [
     "from_dlpack", "manual_seed", "float16", "float32", "float64", "int32", "int64", "uint8", "bool_",
     "no_grad", "enable_grad", "is_grad_enabled", "grad", "detect_anomaly", "gradcheck", "GradcheckError",
     "concatenate", "stack", "where", "maximum", "minimum", "exp", "log", "sqrt", "sigmoid", "tanh",
-    "cuda_available", "default_device", "set_default_device", "backend", "data", "viz",
+    "cuda_available", "default_device", "set_default_device", "backend", "data",
+    "nn", "optim", "save", "load", "viz",
 ]

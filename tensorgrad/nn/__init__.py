@@ -1,0 +1,21 @@
+"""tensorgrad.nn: Module, Parameter, layers, initialisation (`nn.init`) and functions (`nn.functional`)."""
+
+from . import functional, init
+from .layers import (
+    ELU,
+    Dense,
+    Dropout,
+    Flatten,
+    Identity,
+    LeakyReLU,
+    Linear,
+    ReLU,
+    Sequential,
+    Sigmoid,
+    Softmax,
+    Tanh,
+)
+from .module import Module, Parameter
+
+__all__ = ["Module", "Parameter", "Linear", "Dense", "Sequential", "ReLU", "Sigmoid", "Tanh", "LeakyReLU",
+           "ELU", "Softmax", "Dropout", "Identity", "Flatten", "functional", "init"]

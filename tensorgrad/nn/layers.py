@@ -1,0 +1,246 @@
+"""Layers: Linear (= Dense), Sequential, the activations, Softmax, Dropout, Identity, Flatten."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+from ..tensor import Tensor, as_dtype, float32, zeros
+from . import functional as F
+from . import init
+from .module import Module, Parameter
+
+
+class Linear(Module):
+    """Fully connected layer: y = x @ W.T + b.
+
+    Args:
+        in_features: size of each input sample.
+        out_features: size of each output sample.
+        bias: learn an additive bias b (default True).
+        dtype, device: of the parameters (default float32 on the default device).
+
+    Shape:
+        Input: (*, in_features)
+        Output: (*, out_features)
+
+    Attributes:
+        weight: (out_features, in_features), U(-1/sqrt(in_features), 1/sqrt(in_features)).
+        bias: (out_features,), same distribution.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=None, device=None):
+        super().__init__()
+        if in_features < 0 or out_features < 0:
+            raise ValueError(f"Linear: feature counts must be >= 0, got in_features={in_features}, "
+                             f"out_features={out_features}")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        dtype = float32 if dtype is None else as_dtype(dtype, "Linear")
+        self.weight = Parameter(zeros(self.out_features, self.in_features, dtype=dtype, device=device))
+        if bias:
+            self.bias = Parameter(zeros(self.out_features, dtype=dtype, device=device))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # PyTorch's default: kaiming_uniform_ with a = sqrt(5), whose gain sqrt(2 / (1 + 5)) makes the
+        # bound gain * sqrt(3 / fan_in) = 1 / sqrt(fan_in); the bias gets the same U(-1/sqrt(fan_in), ..).
+        # Same distribution as torch.nn.Linear, so models and learning rates carry over from PyTorch
+        # (see https://github.com/pytorch/pytorch/issues/57109 for the history of this choice).
+        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
+            init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")
+
+
+Dense = Linear
+
+
+class _Activation(Module):
+    """An element-wise activation; `kind`/`alpha` let Sequential fuse it into a preceding Linear."""
+
+    kind = "identity"
+
+    @property
+    def alpha(self) -> float:
+        return 0.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F._activation(x, self.kind, self.alpha)
+
+
+class ReLU(_Activation):
+    """max(x, 0). Shape: any; output has the input's shape."""
+
+    kind = "relu"
+
+
+class Sigmoid(_Activation):
+    """1 / (1 + exp(-x)). Shape: any; output has the input's shape."""
+
+    kind = "sigmoid"
+
+
+class Tanh(_Activation):
+    """tanh(x). Shape: any; output has the input's shape."""
+
+    kind = "tanh"
+
+
+class LeakyReLU(_Activation):
+    """x for x > 0, negative_slope * x otherwise. Shape: any; output has the input's shape."""
+
+    kind = "leaky_relu"
+
+    def __init__(self, negative_slope: float = 0.01):
+        super().__init__()
+        if negative_slope < 0:
+            raise ValueError(f"LeakyReLU: negative_slope must be >= 0, got {negative_slope}")
+        self.negative_slope = float(negative_slope)
+
+    @property
+    def alpha(self) -> float:
+        return self.negative_slope
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}"
+
+
+class ELU(_Activation):
+    """x for x > 0, alpha * (exp(x) - 1) otherwise. Shape: any; output has the input's shape."""
+
+    kind = "elu"
+
+    def __init__(self, alpha: float = 1.0):
+        super().__init__()
+        if alpha < 0:
+            raise ValueError(f"ELU: alpha must be >= 0, got {alpha}")
+        self.elu_alpha = float(alpha)
+
+    @property
+    def alpha(self) -> float:
+        return self.elu_alpha
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.elu_alpha}"
+
+
+class Softmax(Module):
+    """softmax along `axis`. Shape: any; output has the input's shape."""
+
+    def __init__(self, axis: int = -1):
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.softmax(x, axis=self.axis)
+
+    def extra_repr(self) -> str:
+        return f"axis={self.axis}"
+
+
+class Dropout(Module):
+    """Inverted dropout with probability p while training; the identity after `eval()`."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0 <= p <= 1:
+            raise ValueError(f"Dropout: probability must be in [0, 1], got {p}")
+        self.p = float(p)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Identity(Module):
+    """Returns its input unchanged."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+class Flatten(Module):
+    """Flattens axes start_axis..end_axis into one. Shape: (N, *dims) -> (N, prod(dims)) by default."""
+
+    def __init__(self, start_axis: int = 1, end_axis: int = -1):
+        super().__init__()
+        self.start_axis, self.end_axis = start_axis, end_axis
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        start = self.start_axis % max(len(shape), 1)
+        end = self.end_axis % max(len(shape), 1)
+        if start > end:
+            raise ValueError(f"Flatten: start_axis {self.start_axis} comes after end_axis {self.end_axis} "
+                             f"for an input of shape {shape}")
+        return x.reshape(shape[:start] + (-1,) + shape[end + 1:])
+
+    def extra_repr(self) -> str:
+        return f"start_axis={self.start_axis}, end_axis={self.end_axis}"
+
+
+class Sequential(Module):
+    """Modules applied in order: Sequential(Linear(784, 128), ReLU(), Linear(128, 10)).
+
+    Also Sequential(OrderedDict(name=module, ...)). Supports len(), indexing by int (a module) or slice
+    (a Sequential of the same modules), and iteration. A Linear directly followed by ReLU, Sigmoid, Tanh,
+    LeakyReLU or ELU runs as ONE fused node (F.linear with activation=...), the same numbers as running
+    them one by one.
+    """
+
+    def __init__(self, *modules):
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], OrderedDict):
+            for name, module in modules[0].items():
+                self.add_module(name, module)
+        else:
+            for i, module in enumerate(modules):
+                if not isinstance(module, Module):
+                    raise TypeError(f"Sequential: argument {i} is a {type(module).__name__}, not a Module")
+                self.add_module(str(i), module)
+
+    def append(self, module: Module) -> Sequential:
+        self.add_module(str(len(self._modules)), module)
+        return self
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, index):
+        items = list(self._modules.items())
+        if isinstance(index, slice):
+            return Sequential(OrderedDict(items[index]))
+        try:
+            return items[index][1]
+        except IndexError:
+            raise IndexError(f"Sequential: index {index} is out of range for {len(items)} modules") from None
+
+    def forward(self, x: Tensor) -> Tensor:
+        modules = list(self._modules.values())
+        i, n = 0, len(modules)
+        while i < n:
+            module = modules[i]
+            following = modules[i + 1] if i + 1 < n else None
+            if (type(module).forward is Linear.forward and isinstance(following, _Activation)
+                    and type(following).forward is _Activation.forward):
+                # The dense layer's epilogue: bias and activation applied in one pass over the GEMM output.
+                x = F.linear(x, module.weight, module.bias, activation=following.kind, alpha=following.alpha)
+                i += 2
+            else:
+                x = module(x)
+                i += 1
+        return x

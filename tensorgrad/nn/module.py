@@ -1,0 +1,305 @@
+"""Module and Parameter: the containers that models are built from, as in PyTorch.
+
+A Module registers the Parameters and sub-Modules assigned to its attributes (`self.fc = Linear(...)`,
+`self.weight = Parameter(...)`), in assignment order, which fixes the order of `parameters()`,
+`named_parameters()` and `state_dict()`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import NamedTuple
+
+import numpy as np
+
+from .. import backend
+from ..tensor import Tensor, as_dtype
+
+
+class Parameter(Tensor):
+    """A leaf Tensor that a Module registers as a trainable parameter (requires_grad=True by default).
+
+    `Parameter(t)` shares t's array (no copy) and keeps it on t's device.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, data=None, requires_grad: bool = True):
+        if data is None:
+            data = np.empty((0,), dtype=np.float32)
+        array = data.data if isinstance(data, Tensor) else Tensor(data).data
+        self.data = array
+        self.grad = None
+        self.grad_fn = None
+        self.name = None
+        self._requires_grad = False
+        self.requires_grad = requires_grad  # TypeError for integer data, as for any tensor
+
+    def __repr__(self) -> str:
+        return "Parameter containing:\n" + Tensor.__repr__(self)
+
+
+class _IncompatibleKeys(NamedTuple):
+    missing_keys: list
+    unexpected_keys: list
+
+
+class Module:
+    """Base class of every layer and model: subclasses set attributes in `__init__` and define `forward`.
+
+    `module(x)` calls `forward(x)`. `training` is True after construction and `train()`, False after
+    `eval()` (Dropout reads it).
+    """
+
+    def __init__(self):
+        # object.__setattr__: our own __setattr__ needs these dicts to exist already.
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    # ----------------------------------------------------------------- registration
+    def __setattr__(self, name: str, value) -> None:
+        params = self.__dict__.get("_parameters")
+        if params is None:
+            raise AttributeError(f"{type(self).__name__}: call super().__init__() before assigning "
+                                 f"attribute {name!r}")
+        modules = self.__dict__["_modules"]
+        if isinstance(value, Parameter):
+            self._forget(name)
+            params[name] = value
+        elif isinstance(value, Module):
+            self._forget(name)
+            modules[name] = value
+        elif name in params:
+            if value is not None:
+                raise TypeError(f"{type(self).__name__}: cannot assign {type(value).__name__} as parameter "
+                                f"{name!r} (nn.Parameter or None expected)")
+            params[name] = None
+        elif name in modules:
+            if value is not None:
+                raise TypeError(f"{type(self).__name__}: cannot assign {type(value).__name__} as child "
+                                f"module {name!r} (nn.Module or None expected)")
+            modules[name] = None
+        else:
+            object.__setattr__(self, name, value)
+
+    def _forget(self, name: str) -> None:
+        self.__dict__.pop(name, None)
+        self.__dict__["_parameters"].pop(name, None)
+        self.__dict__["_modules"].pop(name, None)
+
+    def __getattr__(self, name: str):
+        # Only called when normal lookup fails, i.e. for registered parameters and modules.
+        d = self.__dict__
+        if "_parameters" in d and name in d["_parameters"]:
+            return d["_parameters"][name]
+        if "_modules" in d and name in d["_modules"]:
+            return d["_modules"][name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
+    def __delattr__(self, name: str) -> None:
+        if name in self._parameters:
+            del self._parameters[name]
+        elif name in self._modules:
+            del self._modules[name]
+        else:
+            object.__delattr__(self, name)
+
+    def register_parameter(self, name: str, param: Parameter | None) -> None:
+        """Register `param` (or None, a declared but absent parameter such as a disabled bias)."""
+        if param is not None and not isinstance(param, Parameter):
+            raise TypeError(f"{type(self).__name__}.register_parameter: expected a Parameter or None for "
+                            f"{name!r}, got {type(param).__name__}")
+        self._forget(name)
+        self._parameters[name] = param
+
+    def add_module(self, name: str, module: Module | None) -> None:
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"{type(self).__name__}.add_module: expected a Module for {name!r}, "
+                            f"got {type(module).__name__}")
+        self._forget(name)
+        self._modules[name] = module
+
+    # ----------------------------------------------------------------- calling
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__}: forward() is not defined")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # ----------------------------------------------------------------- traversal
+    def named_children(self):
+        for name, module in self._modules.items():
+            if module is not None:
+                yield name, module
+
+    def children(self):
+        for _, module in self.named_children():
+            yield module
+
+    def named_modules(self, prefix: str = ""):
+        """(dotted name, module) for self (name '') and every descendant, depth first; each module once."""
+        seen = set()
+        stack = [(prefix, self)]
+        while stack:
+            name, module = stack.pop()
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            yield name, module
+            children = [(f"{name}.{child_name}" if name else child_name, child)
+                        for child_name, child in module.named_children()]
+            stack.extend(reversed(children))
+
+    def modules(self):
+        for _, module in self.named_modules():
+            yield module
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True):
+        """(dotted name, Parameter) in registration order, e.g. ('0.weight', ...); shared ones once."""
+        seen = set()
+        modules = self.named_modules(prefix) if recurse else [(prefix, self)]
+        for module_name, module in modules:
+            for name, param in module._parameters.items():
+                if param is None or id(param) in seen:
+                    continue
+                seen.add(id(param))
+                yield (f"{module_name}.{name}" if module_name else name), param
+
+    def parameters(self, recurse: bool = True):
+        for _, param in self.named_parameters(recurse=recurse):
+            yield param
+
+    # ----------------------------------------------------------------- training state
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop every parameter's gradient (or zero it in place with set_to_none=False)."""
+        for param in self.parameters():
+            if param.grad is None:
+                continue
+            if set_to_none:
+                param.grad = None
+            else:
+                param.grad.data.fill(0)
+
+    def train(self, mode: bool = True) -> Module:
+        for module in self.modules():
+            object.__setattr__(module, "training", bool(mode))
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    # ----------------------------------------------------------------- state dict
+    def state_dict(self) -> OrderedDict:
+        """OrderedDict dotted name -> Tensor sharing the parameter's array (outside any graph)."""
+        return OrderedDict((name, param.detach()) for name, param in self._all_named_parameters())
+
+    def _all_named_parameters(self):
+        # Unlike named_parameters, a parameter shared by two modules appears under both names, as in
+        # PyTorch's state_dict, so a checkpoint loads into either layout.
+        for module_name, module in self.named_modules():
+            for name, param in module._parameters.items():
+                if param is not None:
+                    yield (f"{module_name}.{name}" if module_name else name), param
+
+    def load_state_dict(self, state_dict, strict: bool = True) -> _IncompatibleKeys:
+        """Copy values into the parameters, in place (same arrays, same devices and dtypes).
+
+        state_dict: mapping name -> Tensor, NumPy or CuPy array. A shape mismatch raises ValueError naming
+        the key and both shapes; with strict=True, missing or unexpected keys raise RuntimeError listing
+        them. Nothing is copied unless every check passes. Returns (missing_keys, unexpected_keys).
+        """
+        own = OrderedDict(self._all_named_parameters())
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        mismatched = []
+        for key, param in own.items():
+            if key in state_dict:
+                shape = tuple(_array_of(state_dict[key], key).shape)
+                if shape != param.shape:
+                    mismatched.append(f"{key}: the checkpoint has shape {shape}, the model {param.shape}")
+        where = f"load_state_dict for {type(self).__name__}"
+        if mismatched:
+            raise ValueError(f"{where}: shape mismatch for " + "; ".join(mismatched))
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append("missing key(s) in state_dict: " + ", ".join(missing))
+            if unexpected:
+                parts.append("unexpected key(s) in state_dict: " + ", ".join(unexpected))
+            raise RuntimeError(f"{where}: " + "; ".join(parts))
+        for key, param in own.items():
+            if key in state_dict:
+                value = _array_of(state_dict[key], key)
+                value = backend.to_device(value, param.device).astype(param.dtype, copy=False)
+                param.xp.copyto(param.data, value)
+        return _IncompatibleKeys(missing, unexpected)
+
+    # ----------------------------------------------------------------- device and dtype
+    def to(self, *args, device=None, dtype=None) -> Module:
+        """`to('cuda')`, `to('cpu')`, `to(tg.float64)` or both: converts every parameter IN PLACE.
+
+        Parameters keep their identity (an optimizer built before still holds them); their arrays (and
+        gradients) are replaced. Only floating-point parameters change dtype.
+        """
+        for arg in args:
+            if isinstance(arg, str):
+                device = arg
+            else:
+                dtype = arg
+        if device is not None:
+            device = backend.normalize_device(device)
+        if dtype is not None:
+            dtype = as_dtype(dtype, f"{type(self).__name__}.to")
+            if dtype.kind != "f":
+                raise TypeError(f"{type(self).__name__}.to: only floating-point dtypes are allowed, "
+                                f"got {dtype}")
+        for param in self.parameters():
+            param.data = _converted(param.data, device, dtype)
+            if param.grad is not None:
+                param.grad.data = _converted(param.grad.data, device, dtype)
+        return self
+
+    def double(self) -> Module:
+        return self.to(dtype=np.float64)
+
+    def float(self) -> Module:
+        return self.to(dtype=np.float32)
+
+    def cpu(self) -> Module:
+        return self.to(backend.CPU)
+
+    def cuda(self) -> Module:
+        return self.to("cuda")
+
+    # ----------------------------------------------------------------- repr
+    def extra_repr(self) -> str:
+        """The text inside the parentheses of this module's repr line (subclasses override)."""
+        return ""
+
+    def __repr__(self) -> str:
+        lines = []
+        for name, module in self._modules.items():
+            child = repr(module).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {child}")
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        if not lines:
+            return head + ")"
+        return head + "\n" + "\n".join(lines) + "\n)"
+
+
+def _array_of(value, key: str):
+    if isinstance(value, Tensor):
+        return value.data
+    if isinstance(value, np.ndarray) or backend.is_cupy_array(value):
+        return value
+    raise TypeError(f"load_state_dict: the value for {key!r} is a {type(value).__name__}; expected a Tensor "
+                    "or an array")
+
+
+def _converted(array, device, dtype):
+    if device is not None:
+        array = backend.to_device(array, device)
+    if dtype is not None and array.dtype.kind == "f" and array.dtype != dtype:
+        array = array.astype(dtype)
+    return array

@@ -1,0 +1,372 @@
+"""Neural-network ops, each ONE node with its own backward: the dense layer (GEMM + bias + activation),
+softmax / log-softmax, the losses, dropout.
+
+Fusing matters twice here. Speed: the dense layer's bias and activation are applied in place to the
+GEMM's output buffer by one fused kernel (`kernels.bias_activation_forward`), and softmax cross-entropy
+runs forward and backward as one kernel each. Teaching: the backward of cross-entropy is the
+lecture's `delta = a - y` ((softmax - onehot) / N), computed as such, not as a chain of generic ops.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernels
+from ..autograd import Node, unbroadcast
+from ..backend import array_module
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _contiguous(a):
+    return a if a.flags.c_contiguous else array_module(a).ascontiguousarray(a)
+
+
+def _as_dtype(g, dtype):
+    return g if g.dtype == dtype else g.astype(dtype)
+
+
+def _reduce(loss, reduction: str):
+    """Reduce an element-wise loss to a 0-d array ('mean', 'sum') or keep it ('none')."""
+    if reduction == "none":
+        return loss
+    xp = array_module(loss)
+    total = loss.sum(dtype=loss.dtype)
+    if reduction == "mean":
+        if loss.size == 0:
+            return xp.full((), np.nan, dtype=loss.dtype)  # PyTorch's mean of nothing, without 0/0 warnings
+        total = total / loss.dtype.type(loss.size)
+    return xp.asarray(total) if xp is np else total
+
+
+def _spread(g, reduction: str, count: int):
+    """The upstream gradient of a reduced loss, as a per-element factor: g (0-d) or g/count, or the
+    element-wise g itself for 'none'."""
+    if reduction == "mean":
+        return g / g.dtype.type(max(count, 1))
+    return g
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense layer
+
+class Linear(Node):
+    """y = act(x @ W.T + b) in one node.
+
+    x (*, in), W (out, in), b (out,) or None, y (*, out). The GEMM writes a fresh (N, out) buffer and the
+    fused bias+activation kernel finishes it in place, so the forward allocates exactly one array.
+    Only x (for dW), W (for dx) and y (every activation's derivative is a function of y) are kept, each
+    only when some gradient needs it.
+    """
+
+    __slots__ = ("x", "weight", "kind", "alpha", "has_bias", "in_shape")
+
+    @property
+    def name(self):
+        return "linear" if self.kind == "identity" else f"linear+{self.kind}"
+
+    def forward(self, x, weight, bias, activation="identity", alpha=0.0):
+        self.kind, self.alpha, self.has_bias = activation, alpha, bias is not None
+        self.in_shape = x.shape
+        if weight.ndim != 2:
+            raise ValueError(f"linear: expected a weight of shape (out_features, in_features), got "
+                             f"{tuple(weight.shape)}")
+        if x.ndim == 0 or x.shape[-1] != weight.shape[1]:
+            raise ValueError(f"linear: input of shape {tuple(x.shape)} does not match weight of shape "
+                             f"{tuple(weight.shape)} (expected input (*, {weight.shape[1]}))")
+        if bias is not None and bias.shape != (weight.shape[0],):
+            raise ValueError(f"linear: expected a bias of shape {(weight.shape[0],)} for weight of shape "
+                             f"{tuple(weight.shape)}, got {tuple(bias.shape)}")
+        for what, a in (("input", x), ("bias", bias)):
+            if a is not None and a.dtype != weight.dtype:
+                # As PyTorch: a silent float32 -> float64 upcast of a whole layer is never what was meant.
+                raise TypeError(f"linear: {what} dtype {a.dtype} does not match weight dtype {weight.dtype}; "
+                                "convert the input (x.float() / x.double()) or the model "
+                                "(.float() / .double())")
+        if weight.dtype.kind != "f":
+            raise TypeError(f"linear: expected floating-point tensors, got dtype {weight.dtype}")
+        x2 = x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x
+        h = x2 @ weight.T
+        k = kernels.for_array(h)
+        if bias is not None:
+            k.bias_activation_forward(activation, h, _contiguous(bias), alpha, out=h)
+        elif activation != "identity":
+            k.activation_forward(activation, h, alpha, out=h)
+        self.x = x2 if self.needs_grad(1) else None
+        self.weight = weight if self.needs_grad(0) else None
+        return h if x.ndim == 2 else h.reshape(x.shape[:-1] + (weight.shape[0],))
+
+    def backward(self, g):
+        out_features = g.shape[-1]
+        g2 = _contiguous(g.reshape(-1, out_features))
+        if self.kind == "identity":
+            g_pre = g2
+        else:
+            y2 = self.value.reshape(-1, out_features)
+            g_pre = kernels.for_array(g2).activation_backward(self.kind, y2, g2, self.alpha)
+        gx = gw = gb = None
+        if self.needs_grad(0):
+            gx = g_pre @ self.weight
+            if gx.shape != self.in_shape:
+                gx = gx.reshape(self.in_shape)
+        if self.needs_grad(1):
+            gw = g_pre.T @ self.x  # directly in W's (out, in) layout: BLAS reads g_pre transposed
+        if self.has_bias and self.needs_grad(2):
+            gb = g_pre.sum(axis=0)
+        return gx, gw, gb
+
+    def release(self):
+        Node.release(self)
+        self.x = self.weight = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Softmax and log-softmax
+
+def _axis(axis: int, ndim: int, op: str) -> int:
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{op}: axis {axis} is out of range for a tensor of {ndim} dimensions")
+    return axis % ndim
+
+
+class Softmax(Node):
+    """y = exp(x - max) / sum(exp(x - max)) along `axis`; backward y * (g - sum(g * y)). Keeps y only."""
+
+    __slots__ = ("axis",)
+    name = "softmax"
+
+    def forward(self, x, axis=-1):
+        self.axis = axis = _axis(axis, x.ndim, "softmax")
+        xp = array_module(x)
+        # After subtracting the row max every exponent is <= 0: no overflow for any magnitude.
+        with np.errstate(invalid="ignore"):  # a row of only -inf gives NaN, as in PyTorch
+            y = xp.subtract(x, x.max(axis=axis, keepdims=True))
+            xp.exp(y, out=y)
+            y /= y.sum(axis=axis, keepdims=True)
+        return y
+
+    def backward(self, g):
+        y = self.value
+        dot = (g * y).sum(axis=self.axis, keepdims=True)
+        gx = g - dot
+        gx *= y
+        return (gx,)
+
+
+class LogSoftmax(Node):
+    """y = x - max - log(sum(exp(x - max))) along `axis`; backward g - exp(y) * sum(g). Keeps y only."""
+
+    __slots__ = ("axis",)
+    name = "log_softmax"
+
+    def forward(self, x, axis=-1):
+        self.axis = axis = _axis(axis, x.ndim, "log_softmax")
+        xp = array_module(x)
+        with np.errstate(invalid="ignore"):
+            y = xp.subtract(x, x.max(axis=axis, keepdims=True))
+            lse = xp.exp(y).sum(axis=axis, keepdims=True)
+            xp.log(lse, out=lse)  # >= log(1): the max's own term is exp(0)
+            y -= lse
+        return y
+
+    def backward(self, g):
+        xp = array_module(g)
+        gx = xp.exp(self.value)
+        gx *= g.sum(axis=self.axis, keepdims=True)
+        xp.subtract(g, gx, out=gx)
+        return (gx,)
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses
+
+def check_labels(target, num_classes: int, op: str) -> None:
+    """Host arrays only: an IndexError naming the first label outside [0, C) and where it is."""
+    bad = (target < 0) | (target >= num_classes)
+    if bad.any():
+        where = int(np.flatnonzero(bad)[0])
+        raise IndexError(f"{op}: target {int(target[where])} at position {where} is out of range for "
+                         f"{num_classes} classes (expected labels in [0, {num_classes}))")
+
+
+class SoftmaxCrossEntropy(Node):
+    """Cross-entropy of softmax(logits) against class indices, forward and backward fused.
+
+    logits (N, C) float, target (N,) int64 (an array, never differentiated). Forward keeps logits and
+    the row-wise log-sum-exp; backward is (softmax - onehot(target)) * upstream / N for 'mean'.
+    """
+
+    __slots__ = ("logits", "target", "lse", "reduction")
+    name = "cross_entropy"
+
+    def forward(self, logits, target, reduction="mean"):
+        if isinstance(logits, np.ndarray):
+            # On CUDA this check would cost a device->host sync; the kernel writes NaN instead.
+            check_labels(target, logits.shape[1], "cross_entropy")
+        logits = _contiguous(logits)
+        loss, lse = kernels.for_array(logits).softmax_cross_entropy_forward(logits, target, reduction)
+        self.reduction = reduction
+        if self.needs_grad(0):
+            self.logits, self.target, self.lse = logits, target, lse
+        return loss
+
+    def backward(self, g):
+        g = _contiguous(_as_dtype(g, self.logits.dtype))
+        return (kernels.for_array(g).softmax_cross_entropy_backward(
+            self.logits, self.target, self.lse, g, self.reduction), None)
+
+    def release(self):
+        Node.release(self)
+        self.logits = self.target = self.lse = None
+
+
+class NLLLoss(Node):
+    """-logp[i, target[i]] per row, reduced. logp (N, C), target (N,) int64."""
+
+    __slots__ = ("shape", "target", "reduction")
+    name = "nll_loss"
+    saves = False  # the backward reads only the (small, integer) target, kept even after release
+
+    def forward(self, logp, target, reduction="mean"):
+        if isinstance(logp, np.ndarray):
+            check_labels(target, logp.shape[1], "nll_loss")
+        xp = array_module(logp)
+        self.shape, self.target, self.reduction = logp.shape, target, reduction
+        return _reduce(-logp[xp.arange(logp.shape[0]), target], reduction)
+
+    def backward(self, g):
+        xp = array_module(g)
+        n = self.shape[0]
+        grad = xp.zeros(self.shape, dtype=g.dtype)
+        grad[xp.arange(n), self.target] = -_spread(g, self.reduction, n)
+        return grad, None
+
+
+class MSELoss(Node):
+    """(pred - target)^2, reduced; pred and target broadcast. Keeps the difference only."""
+
+    __slots__ = ("diff", "reduction", "shapes")
+    name = "mse_loss"
+
+    def forward(self, pred, target, reduction="mean"):
+        try:
+            diff = pred - target
+        except ValueError:
+            raise ValueError(f"mse_loss: shapes {tuple(pred.shape)} and {tuple(target.shape)} cannot be "
+                             "broadcast together") from None
+        self.diff, self.reduction = diff, reduction
+        self.shapes = (pred.shape, target.shape)
+        return _reduce(diff * diff, reduction)
+
+    def backward(self, g):
+        scale = _spread(g, self.reduction, self.diff.size)
+        grad = self.diff * (2 * scale)
+        gp = unbroadcast(grad, self.shapes[0]) if self.needs_grad(0) else None
+        gt = -unbroadcast(grad, self.shapes[1]) if self.needs_grad(1) else None
+        return gp, gt
+
+    def release(self):
+        Node.release(self)
+        self.diff = None
+
+
+_BCE_EPSILON = 1e-12  # PyTorch's floor on p(1-p) in the BCE gradient
+
+
+class BinaryCrossEntropy(Node):
+    """-(t log p + (1 - t) log(1 - p)) with each log clamped at -100, as PyTorch, reduced.
+
+    p and t have one shape; p in [0, 1]. The gradient for p is (p - t) / max(p(1 - p), 1e-12) (PyTorch's
+    formula, finite at p = 0 or 1); for t it is the exact derivative of the clamped forward.
+    """
+
+    __slots__ = ("p", "t", "reduction")
+    name = "binary_cross_entropy"
+
+    def forward(self, p, t, reduction="mean"):
+        xp = array_module(p)
+        with np.errstate(divide="ignore"):  # log(0) = -inf, then clamped to -100
+            log_p = xp.maximum(xp.log(p), -100)
+            log_q = xp.maximum(xp.log1p(-p), -100)
+        self.p, self.t, self.reduction = p, t, reduction
+        loss = (t - 1) * log_q
+        loss -= t * log_p
+        return _reduce(loss, reduction)
+
+    def backward(self, g):
+        xp = array_module(g)
+        p, t = self.p, self.t
+        scale = _spread(g, self.reduction, p.size)
+        gp = gt = None
+        if self.needs_grad(0):
+            gp = (p - t) * scale
+            gp /= xp.maximum((1 - p) * p, _BCE_EPSILON)
+        if self.needs_grad(1):
+            with np.errstate(divide="ignore"):
+                gt = xp.maximum(xp.log1p(-p), -100) - xp.maximum(xp.log(p), -100)
+            gt *= scale
+        return gp, gt
+
+    def release(self):
+        Node.release(self)
+        self.p = self.t = None
+
+
+class BinaryCrossEntropyWithLogits(Node):
+    """BCE of sigmoid(z) against t, in the stable form max(z, 0) - z t + log(1 + exp(-|z|)), reduced.
+
+    Gradients: (sigmoid(z) - t) for z, -z for t. Finite for |z| of any size.
+    """
+
+    __slots__ = ("z", "t", "reduction")
+    name = "binary_cross_entropy_with_logits"
+
+    def forward(self, z, t, reduction="mean"):
+        xp = array_module(z)
+        loss = xp.negative(xp.abs(z))
+        xp.exp(loss, out=loss)  # exp of a non-positive number: no overflow
+        xp.log1p(loss, out=loss)
+        loss += xp.maximum(z, 0)
+        loss -= z * t
+        self.z, self.t, self.reduction = z, t, reduction
+        return _reduce(loss, reduction)
+
+    def backward(self, g):
+        z, t = self.z, self.t
+        scale = _spread(g, self.reduction, z.size)
+        gz = gt = None
+        if self.needs_grad(0):
+            gz = kernels.for_array(z).activation_forward("sigmoid", _contiguous(z))
+            gz -= t
+            gz *= scale
+        if self.needs_grad(1):
+            gt = -z * scale
+        return gz, gt
+
+    def release(self):
+        Node.release(self)
+        self.z = self.t = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Dropout
+
+class Dropout(Node):
+    """Inverted dropout: y = x * mask, mask = keep / (1 - p) with keep ~ Bernoulli(1 - p).
+
+    The mask is drawn by the caller (from tensorgrad's seeded generator) and is all the backward needs.
+    """
+
+    __slots__ = ("mask",)
+    name = "dropout"
+
+    def forward(self, x, mask):
+        self.mask = mask
+        return x * mask
+
+    def backward(self, g):
+        return (g * self.mask, None)
+
+    def release(self):
+        Node.release(self)
+        self.mask = None

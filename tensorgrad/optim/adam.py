@@ -1,0 +1,116 @@
+"""Adam and AdamW, with torch.optim.Adam's / AdamW's update.
+
+For each parameter p with gradient g, at step t (counted per parameter, from 1):
+
+    g = g + lambda * p                          (Adam's L2 weight decay; AdamW instead does
+                                                 p = p * (1 - lr * lambda) first, decoupled)
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g^2
+    v_max = max(v_max, v)                       (amsgrad only; v_max replaces v below)
+    p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+Everything runs in place on the state buffers with the array module's `out=` ufuncs; the only
+temporary per parameter is the denominator (plus g + lambda * p when Adam's weight decay is on, since
+the gradient itself must not change).
+"""
+
+from __future__ import annotations
+
+import math
+
+from .optimizer import Optimizer, grad_array
+
+
+class Adam(Optimizer):
+    """Adam(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False).
+
+    weight_decay is L2 added to the gradient, as torch.optim.Adam (use AdamW for the decoupled form).
+    State per parameter: 'step' (int), 'exp_avg', 'exp_avg_sq' (and 'max_exp_avg_sq' with amsgrad).
+    """
+
+    _decoupled = False
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, amsgrad: bool = False):
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay,
+                    "amsgrad": amsgrad}
+        super().__init__(params, defaults)
+
+    def _validate(self, group: dict) -> None:
+        name = type(self).__name__
+        betas = group["betas"]
+        if not group["lr"] >= 0:
+            raise ValueError(f"{name}: invalid learning rate: {group['lr']}")
+        if not group["eps"] >= 0:
+            raise ValueError(f"{name}: invalid epsilon value: {group['eps']}")
+        if len(betas) != 2:
+            raise ValueError(f"{name}: betas must be a pair (beta1, beta2), got {betas}")
+        for i, beta in enumerate(betas):
+            if not 0 <= beta < 1:
+                raise ValueError(f"{name}: invalid beta parameter at index {i}: {beta} (expected in [0, 1))")
+        if not group["weight_decay"] >= 0:
+            raise ValueError(f"{name}: invalid weight_decay value: {group['weight_decay']}")
+        group["betas"] = tuple(betas)
+
+    def step(self, closure=None):
+        """One update of every parameter that has a gradient; returns closure() when given."""
+        loss = self._closure_loss(closure)
+        for group in self.param_groups:
+            lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+            amsgrad = group["amsgrad"]
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                xp, param, grad = p.xp, p.data, grad_array(p, type(self).__name__)
+                state = self.state.setdefault(p, {})
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = xp.zeros_like(param)
+                    state["exp_avg_sq"] = xp.zeros_like(param)
+                    if amsgrad:
+                        state["max_exp_avg_sq"] = xp.zeros_like(param)
+                state["step"] += 1
+                step = state["step"]
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+
+                if weight_decay != 0:
+                    if self._decoupled:
+                        xp.multiply(param, 1 - lr * weight_decay, out=param)
+                    else:
+                        grad = grad + weight_decay * param
+                denom = xp.multiply(grad, 1 - beta1)  # scratch first, the denominator below
+                xp.multiply(m, beta1, out=m)
+                xp.add(m, denom, out=m)
+                xp.multiply(v, beta2, out=v)
+                xp.multiply(grad, grad, out=denom)
+                xp.multiply(denom, 1 - beta2, out=denom)
+                xp.add(v, denom, out=v)
+                if amsgrad:
+                    v_max = state.setdefault("max_exp_avg_sq", xp.zeros_like(param))
+                    xp.maximum(v_max, v, out=v_max)
+                    v = v_max
+
+                bias_correction1 = 1 - beta1 ** step
+                bias_correction2_sqrt = math.sqrt(1 - beta2 ** step)
+                xp.sqrt(v, out=denom)
+                xp.divide(denom, bias_correction2_sqrt, out=denom)
+                xp.add(denom, eps, out=denom)
+                xp.divide(m, denom, out=denom)
+                xp.multiply(denom, lr / bias_correction1, out=denom)
+                xp.subtract(param, denom, out=param)
+        return loss
+
+
+class AdamW(Adam):
+    """AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False).
+
+    Decoupled weight decay (Loshchilov & Hutter): p = p * (1 - lr * weight_decay) before the Adam step,
+    instead of adding weight_decay * p to the gradient. Same as torch.optim.AdamW.
+    """
+
+    _decoupled = True
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, amsgrad: bool = False):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
