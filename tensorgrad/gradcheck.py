@@ -44,6 +44,9 @@ def gradcheck(fn, inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1
             for slot, i in enumerate(checked):
                 numeric = _numeric_row(fn, inputs, i, k, j, eps)
                 got = np.zeros(inputs[i].shape) if analytic[slot] is None else analytic[slot].numpy()
+                if got.shape != numeric.shape:  # compared as is, a (1,) gradient would broadcast and pass
+                    raise GradcheckError(f"gradcheck: the gradient with respect to input {i} has shape "
+                                         f"{tuple(got.shape)}, but the input has shape {inputs[i].shape}")
                 _compare(got, numeric, i, inputs[i], k, j, atol, rtol, len(outputs) > 1)
     return True
 
