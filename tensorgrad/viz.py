@@ -119,15 +119,6 @@ class _Entry:
         self.leaf = leaf
 
 
-class _Described:
-    """A snapshot of a graph: entries in forward (topological) order, the root last."""
-
-    __slots__ = ("entries",)
-
-    def __init__(self, entries):
-        self.entries = entries
-
-
 def _check_show(show) -> tuple:
     if isinstance(show, str):
         show = (show,)
@@ -172,7 +163,8 @@ def _topological(start) -> list:
     return order
 
 
-def _describe(root, show, precision) -> _Described:
+def _describe(root, show, precision) -> list:
+    """A snapshot of the graph of `root`: one _Entry per node and leaf, in forward order, the root last."""
     show = _check_show(show)
     start = _start(root)
     order = _topological(start)
@@ -187,7 +179,7 @@ def _describe(root, show, precision) -> _Described:
     if root_name is not None:
         last = entries[-1]
         last.header = root_name if last.leaf else f"{root_name} = {last.header}"
-    return _Described(entries)
+    return entries
 
 
 def _describe_node(node, index, show, precision) -> _Entry:
@@ -238,8 +230,7 @@ def _dot_label(entry: _Entry) -> str:
     return "<" + "<br/>".join(parts) + ">"
 
 
-def _dot_source(described: _Described) -> str:
-    entries = described.entries
+def _dot_source(entries: list) -> str:
     last = len(entries) - 1
     out = [
         "digraph tensorgrad {",
@@ -286,8 +277,7 @@ def _text_line(i: int, entry: _Entry) -> str:
     return "  ".join(parts)
 
 
-def _text_tree(described: _Described) -> str:
-    entries = described.entries
+def _text_tree(entries: list) -> str:
     lines = []
     printed = set()
     # (entry index, prefix of the ancestors' columns, connector, depth)
@@ -364,7 +354,6 @@ def _render_source(source: str, path, format=None) -> pathlib.Path:
     # dot writes straight into the temporary file beside `path`, which replaces `path` only once dot
     # succeeded: a failed or interrupted render leaves no half-written image behind.
     with atomic_write(path, "wb") as f:
-        f.flush()
         _run_dot(source, fmt, f)
     return path
 
@@ -390,9 +379,9 @@ class Graph:
     """
 
     def __init__(self, root, show: Iterable[str] = SHOWABLE, precision: int = 4):
-        described = _describe(root, show, precision)
-        self.source = _dot_source(described)
-        self.text = _text_tree(described)
+        entries = _describe(root, show, precision)
+        self.source = _dot_source(entries)
+        self.text = _text_tree(entries)
 
     def svg(self) -> str:
         """The drawing as SVG text; RuntimeError where `dot` is missing."""
