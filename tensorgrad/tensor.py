@@ -359,7 +359,7 @@ class Tensor:
     # comparisons: bool tensors, outside the graph
     def _compare(self, other, ufunc_name):
         other_data = other.data if isinstance(other, Tensor) else other
-        return _wrap(getattr(backend.array_module(self.data), ufunc_name)(self.data, other_data))
+        return _wrap_result(getattr(backend.array_module(self.data), ufunc_name)(self.data, other_data))
 
     def __lt__(self, other):
         return self._compare(other, "less")
@@ -414,10 +414,10 @@ class Tensor:
         return autograd.apply(_ops.Extremum(), self, axis=axis, keepdims=keepdims, largest=False)
 
     def argmax(self, axis=None, keepdims=False):
-        return _wrap(backend.array_module(self.data).argmax(self.data, axis=axis, keepdims=keepdims))
+        return _wrap_result(backend.array_module(self.data).argmax(self.data, axis=axis, keepdims=keepdims))
 
     def argmin(self, axis=None, keepdims=False):
-        return _wrap(backend.array_module(self.data).argmin(self.data, axis=axis, keepdims=keepdims))
+        return _wrap_result(backend.array_module(self.data).argmin(self.data, axis=axis, keepdims=keepdims))
 
     def reshape(self, *shape):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
@@ -470,6 +470,11 @@ def _wrap(data, grad_fn=None) -> Tensor:
     t.name = None
     t._requires_grad = grad_fn is not None
     return t
+
+
+def _wrap_result(array) -> Tensor:
+    """_wrap for what NumPy functions return: a NumPy scalar, not a 0-d array, from 0-d work."""
+    return _wrap(np.asarray(array) if isinstance(array, np.generic) else array)
 
 
 autograd.Tensor = Tensor
