@@ -88,6 +88,9 @@ class Tensor:
             array = array if dtype is None else array.astype(dtype, copy=False)
         else:
             array = _python_to_array(data, dtype)
+        if array.dtype.kind not in "fiub":  # complex, object, strings, dates: no op handles them
+            raise TypeError(f"tensor: dtype {array.dtype} is not supported; expected float16/32/64, "
+                            "int8/16/32/64, uint8 or bool")
         # Host data goes to the default device, as with torch.set_default_device; GPU data stays put.
         if device is not None:
             array = backend.to_device(array, backend.normalize_device(device))
