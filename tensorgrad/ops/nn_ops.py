@@ -211,8 +211,10 @@ class SoftmaxCrossEntropy(Node):
         return loss
 
     def backward(self, g):
+        if isinstance(g, np.generic):  # 0-d NumPy arithmetic upstream hands back a scalar
+            g = np.asarray(g)
         g = _contiguous(_as_dtype(g, self.logits.dtype))
-        return (kernels.for_array(g).softmax_cross_entropy_backward(
+        return (kernels.for_array(self.logits).softmax_cross_entropy_backward(
             self.logits, self.target, self.lse, g, self.reduction), None)
 
     def release(self):
@@ -270,14 +272,16 @@ class MSELoss(Node):
         self.diff = None
 
 
-_BCE_EPSILON = 1e-12  # PyTorch's floor on p(1-p) in the BCE gradient
+# PyTorch's floor on p(1-p) in the BCE gradient: a float constant 1e-12 in ATen, i.e. float32(1e-12)
+# = 9.99999996e-13 even for double tensors; the same number here gives the same gradient at p = 0 or 1.
+_BCE_EPSILON = float(np.float32(1e-12))
 
 
 class BinaryCrossEntropy(Node):
     """-(t log p + (1 - t) log(1 - p)) with each log clamped at -100, as PyTorch, reduced.
 
     p and t have one shape; p in [0, 1]. The gradient for p is (p - t) / max(p(1 - p), 1e-12) (PyTorch's
-    formula, finite at p = 0 or 1); for t it is the exact derivative of the clamped forward.
+    formula, finite at p = 0 or 1); for t it is log(1 - p) - log(p), unclamped, as PyTorch computes it.
     """
 
     __slots__ = ("p", "t", "reduction")
@@ -302,8 +306,9 @@ class BinaryCrossEntropy(Node):
             gp = (p - t) * scale
             gp /= xp.maximum((1 - p) * p, _BCE_EPSILON)
         if self.needs_grad(1):
+            # log(1 - p) - log(p), unclamped as in PyTorch: +-inf where p is exactly 0 or 1
             with np.errstate(divide="ignore"):
-                gt = xp.maximum(xp.log1p(-p), -100) - xp.maximum(xp.log(p), -100)
+                gt = xp.log1p(-p) - xp.log(p)
             gt *= scale
         return gp, gt
 
