@@ -197,10 +197,15 @@ class Module:
     def _all_named_parameters(self):
         # Unlike named_parameters, a parameter shared by two modules appears under both names, as in
         # PyTorch's state_dict, so a checkpoint loads into either layout.
-        for module_name, module in self.named_modules():
+        stack = [("", self)]
+        while stack:
+            module_name, module = stack.pop()
             for name, param in module._parameters.items():
                 if param is not None:
                     yield (f"{module_name}.{name}" if module_name else name), param
+            children = [(f"{module_name}.{child_name}" if module_name else child_name, child)
+                        for child_name, child in module.named_children()]
+            stack.extend(reversed(children))
 
     def load_state_dict(self, state_dict, strict: bool = True) -> _IncompatibleKeys:
         """Copy values into the parameters, in place (same arrays, same devices and dtypes).
