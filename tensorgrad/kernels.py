@@ -115,7 +115,11 @@ def sgd_update_reference(param, grad, buf, lr, weight_decay, momentum, dampening
 # NumPy twins.
 
 class NumpyKernels:
-    """The fused operations on NumPy arrays, each in as few NumPy passes as the function allows."""
+    """The fused operations on NumPy arrays, each in as few NumPy passes as the function allows.
+
+    Every scratch buffer is allocated with np.empty_like and filled through `out=`: without `out=`,
+    a ufunc on 0-d arrays returns a NumPy scalar, which cannot be updated in place.
+    """
 
     device = backend.CPU
 
@@ -155,14 +159,14 @@ class NumpyKernels:
             # Masked NumPy ops (where=, np.where) run several times slower than plain ones on data
             # of mixed sign, so for a slope in [0, 1] use max(x, alpha*x), which is the function.
             if 0 <= alpha <= 1:
-                scaled = np.multiply(x, alpha, out=None if np.may_share_memory(x, y) else y)
+                scaled = np.multiply(x, alpha, out=np.empty_like(x) if np.may_share_memory(x, y) else y)
                 np.maximum(scaled, x, out=y)
             else:
                 np.copyto(y, np.where(x > 0, x, np.multiply(x, alpha)))
         elif kind == "elu":
             # max(x, 0) + alpha*expm1(min(x, 0)) never evaluates exp of a positive number, so large
             # inputs cannot overflow; expm1 keeps the small negative values accurate.
-            negative_part = np.minimum(x, 0)
+            negative_part = np.minimum(x, 0, out=np.empty_like(x))
             np.expm1(negative_part, out=negative_part)
             np.multiply(negative_part, alpha, out=negative_part)
             np.maximum(x, 0, out=y)
@@ -186,15 +190,15 @@ class NumpyKernels:
                 np.copyto(out, gy)
             return out
         if kind == "sigmoid":
-            slope = np.subtract(1, y)
+            slope = np.subtract(1, y, out=np.empty_like(y))
             np.multiply(slope, y, out=slope)
             return np.multiply(gy, slope, out=slope if out is None else out)
         if kind == "tanh":
-            slope = np.square(y)
+            slope = np.square(y, out=np.empty_like(y))
             np.subtract(1, slope, out=slope)
             return np.multiply(gy, slope, out=slope if out is None else out)
         if kind == "relu":
-            return np.multiply(gy, y > 0, out=out)
+            return np.multiply(gy, y > 0, out=np.empty_like(y) if out is None else out)
         # leaky_relu and elu: the slope is 1 where y > 0 and s(y) elsewhere, with 0 <= s(y) <= alpha.
         # For 0 <= alpha <= 1 that is max(y > 0, s(y)) exactly, which avoids slow masked operations.
         exact_as_max = 0 <= alpha <= 1
@@ -202,10 +206,10 @@ class NumpyKernels:
             slope = None if exact_as_max else np.full_like(y, alpha)
         else:
             # for x <= 0, y = alpha*(exp(x) - 1), so f'(x) = alpha*exp(x) = y + alpha
-            slope = np.minimum(y, 0)
+            slope = np.minimum(y, 0, out=np.empty_like(y))
             np.add(slope, alpha, out=slope)
         if exact_as_max:
-            slope = np.maximum(y > 0, alpha if slope is None else slope, dtype=y.dtype)
+            slope = np.maximum(y > 0, alpha if slope is None else slope, out=np.empty_like(y), dtype=y.dtype)
         else:
             slope = np.where(y > 0, y.dtype.type(1), slope)
         return np.multiply(gy, slope, out=slope if out is None else out)
@@ -282,7 +286,7 @@ class NumpyKernels:
         """
         _check_sgd("sgd_update", param, grad, buf, momentum)
         if weight_decay != 0:
-            d = np.multiply(param, weight_decay)
+            d = np.multiply(param, weight_decay, out=np.empty_like(param))
             np.add(d, grad, out=d)
         else:
             d = grad
@@ -297,7 +301,7 @@ class NumpyKernels:
                 else:
                     buf += d
             if nesterov:
-                step = np.multiply(buf, momentum)
+                step = np.multiply(buf, momentum, out=np.empty_like(buf))
                 np.add(step, d, out=step)
             else:
                 step = buf

@@ -256,6 +256,18 @@ def test_activations_in_place(kind):
     np.testing.assert_array_equal(gy, expected_gx)
 
 
+@pytest.mark.parametrize("alpha", [0.3, 2.5])
+@pytest.mark.parametrize("kind", kernels.ACTIVATIONS)
+def test_activations_of_0d_arrays_are_0d_arrays(kind, alpha):
+    x = np.array(-0.7, dtype=np.float32)
+    y = TWINS.activation_forward(kind, x, alpha)
+    gx = TWINS.activation_backward(kind, y, np.array(2.0, np.float32), alpha)
+    for result in (y, gx):
+        assert isinstance(result, np.ndarray) and result.shape == () and result.dtype == np.float32
+    assert y == pytest.approx(FORWARD[kind](-0.7, alpha), rel=1e-6)
+    assert gx == pytest.approx(2 * DERIVATIVE[kind](-0.7, alpha), rel=1e-5)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", kernels.ACTIVATIONS)
 def test_bias_activation_forward(kind, dtype):
@@ -434,6 +446,16 @@ def test_sgd_update_against_hand_calculation(update, hyper, after_one, after_two
     assert param[0] == pytest.approx(after_one, rel=1e-12)
     update(param, np.array([0.5]), buf, lr=0.1, first_step=False, **hyper)
     assert param[0] == pytest.approx(after_two, rel=1e-12)
+
+
+@pytest.mark.parametrize("hyper", SGD_SETTINGS, ids=lambda h: "-".join(f"{k}={v}" for k, v in h.items()))
+def test_sgd_update_of_a_0d_parameter(hyper):
+    param, ref = np.array(1.0), np.array(1.0)
+    buf, ref_buf = (np.zeros(()), np.zeros(())) if hyper["momentum"] else (None, None)
+    for step in range(2):
+        TWINS.sgd_update(param, np.array(0.5), buf, lr=0.1, first_step=step == 0, **hyper)
+        kernels.sgd_update_reference(ref, np.array(0.5), ref_buf, lr=0.1, first_step=step == 0, **hyper)
+    assert param.shape == () and param == pytest.approx(float(ref), rel=1e-15)
 
 
 def test_sgd_update_leaves_the_gradient_alone():
