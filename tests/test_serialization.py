@@ -16,6 +16,16 @@ import tensorgrad.optim as optim
 from tensorgrad import serialization
 
 
+@pytest.fixture(autouse=True)
+def _on_the_cpu():
+    """These tests pin down the CPU (NumPy) path; on a machine with a GPU the default device would be CUDA,
+    which tests/test_nn_gpu.py covers against this path."""
+    previous = tg.default_device()
+    tg.set_default_device("cpu")
+    yield
+    tg.set_default_device(previous)
+
+
 def _model(seed=0, dtype=tg.float32):
     tg.manual_seed(seed)
     return nn.Sequential(nn.Linear(6, 4, dtype=dtype), nn.ReLU(), nn.Linear(4, 3, dtype=dtype))
