@@ -151,6 +151,10 @@ def apply(node: Node, *operands, **params):
             else:
                 parents.append(None)
         else:
+            if isinstance(operand, np.generic):
+                # np.float64(2.0) counts as the Python scalar it is: it never changes a tensor's dtype
+                # (NumPy 2 would promote float32 data to float64), as in PyTorch
+                operand = operand.item()
             datas.append(operand)
             parents.append(None)
     # parents are set before forward so that forward can skip saving what no gradient will need
