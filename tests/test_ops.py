@@ -99,6 +99,11 @@ def test_python_scalar_never_changes_dtype():
     x32 = tg.tensor([1.0, 2.0])
     for out in (x32 + 2.5, 2.5 + x32, x32 * 2, 2 - x32, 2 / x32, x32 ** 2, 2 ** x32, x32 ** 0.5):
         assert out.dtype == np.float32
+    # NumPy scalars count as Python scalars (np.float64 is a float), as in PyTorch
+    for out in (x32 * np.float64(0.5), np.float64(0.5) * x32, x32 - np.float32(1.0), x32 ** np.int64(2),
+                np.float64(2.0) ** x32, tg.maximum(x32, np.float64(1.5))):
+        assert out.dtype == np.float32
+    np.testing.assert_array_equal((x32 * np.float64(0.5)).numpy(), [0.5, 1.0])
     x64 = tg.tensor(np.array([1.0, 2.0]))
     assert (x32 + x64).dtype == np.float64  # float32 with float64 gives float64
     assert (x64 + x32).dtype == np.float64
