@@ -198,7 +198,7 @@ def test_functional_on_cuda_matches_the_cpu(name, fn, arrays, differentiable):
     _both(fn, arrays, differentiable)
 
 
-def test_cross_entropy_takes_host_labels_and_marks_bad_labels_nan_on_cuda(cp):
+def test_cross_entropy_and_nll_take_host_labels_and_mark_bad_labels_nan_on_cuda(cp):
     logits = tg.tensor(LOGITS, device=CUDA, requires_grad=True)
     expected = F.cross_entropy(tg.tensor(LOGITS), LABELS).item()
     np.testing.assert_allclose(F.cross_entropy(logits, LABELS).item(), expected, **TOL64)  # numpy labels
@@ -206,6 +206,11 @@ def test_cross_entropy_takes_host_labels_and_marks_bad_labels_nan_on_cuda(cp):
     bad[0] = 7
     # no IndexError on CUDA (it would cost a sync); the row's loss is NaN instead, as documented
     assert np.isnan(F.cross_entropy(logits, cp.asarray(bad)).item())
+    rows = F.nll_loss(logits, cp.asarray(bad), reduction="none")
+    assert np.isnan(rows.numpy()[0]) and np.isfinite(rows.numpy()[1:]).all()
+    rows.sum().backward()
+    grad = logits.grad.numpy()
+    assert np.isnan(grad[0]).all() and np.isfinite(grad[1:]).all()
 
 
 def test_dropout_and_init_on_cuda(cp):

@@ -195,7 +195,7 @@ def cross_entropy(logits: Tensor, target, reduction: str = "mean") -> Tensor:
 def nll_loss(logp: Tensor, target, reduction: str = "mean") -> Tensor:
     """Negative log-likelihood: -logp[i, target[i]]. logp (N, C) log-probabilities, target (N,) int.
 
-    A label outside [0, C) raises IndexError (checked on the CPU only)."""
+    A label outside [0, C) raises IndexError on the CPU; on CUDA (no sync to check) its row is NaN."""
     op = "nll_loss"
     _tensor(logp, op)
     _reduction(reduction, op)
@@ -219,7 +219,8 @@ def mse_loss(pred: Tensor, target, reduction: str = "mean") -> Tensor:
 def binary_cross_entropy(p: Tensor, target, reduction: str = "mean") -> Tensor:
     """-(target log p + (1 - target) log(1 - p)), each log clamped at -100 as PyTorch does.
 
-    p: probabilities in [0, 1] (checked on the CPU: ValueError otherwise); target: same shape."""
+    p: probabilities in [0, 1] (checked on the CPU: ValueError otherwise; not on CUDA, where checking
+    would cost a device->host sync); target: same shape."""
     op = "binary_cross_entropy"
     _tensor(p, op)
     _reduction(reduction, op)

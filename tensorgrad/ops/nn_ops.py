@@ -223,24 +223,38 @@ class SoftmaxCrossEntropy(Node):
 
 
 class NLLLoss(Node):
-    """-logp[i, target[i]] per row, reduced. logp (N, C), target (N,) int64."""
+    """-logp[i, target[i]] per row, reduced. logp (N, C), target (N,) int64.
 
-    __slots__ = ("shape", "target", "reduction")
+    On the CPU a label outside [0, C) raises IndexError. On CUDA checking would cost a device->host sync,
+    and CuPy would silently wrap such an index around, so those rows get NaN loss and gradient instead
+    (as the fused cross-entropy kernel does).
+    """
+
+    __slots__ = ("shape", "target", "bad", "reduction")
     name = "nll_loss"
     saves = False  # the backward reads only the (small, integer) target, kept even after release
 
     def forward(self, logp, target, reduction="mean"):
-        if isinstance(logp, np.ndarray):
-            check_labels(target, logp.shape[1], "nll_loss")
         xp = array_module(logp)
+        self.bad = None
+        if xp is np:
+            check_labels(target, logp.shape[1], "nll_loss")
+        else:
+            self.bad = (target < 0) | (target >= logp.shape[1])
+            target = xp.where(self.bad, 0, target)
         self.shape, self.target, self.reduction = logp.shape, target, reduction
-        return _reduce(-logp[xp.arange(logp.shape[0]), target], reduction)
+        loss = -logp[xp.arange(logp.shape[0]), target]
+        if self.bad is not None:
+            loss = xp.where(self.bad, xp.nan, loss).astype(logp.dtype, copy=False)
+        return _reduce(loss, reduction)
 
     def backward(self, g):
         xp = array_module(g)
         n = self.shape[0]
         grad = xp.zeros(self.shape, dtype=g.dtype)
         grad[xp.arange(n), self.target] = -_spread(g, self.reduction, n)
+        if self.bad is not None:
+            grad = xp.where(self.bad[:, None], xp.nan, grad).astype(g.dtype, copy=False)
         return grad, None
 
 
