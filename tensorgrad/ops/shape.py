@@ -90,13 +90,14 @@ class Concatenate(Node):
 
     def forward(self, *arrays, axis=0):
         _same_device("concatenate", arrays)
+        try:  # first, so that 0-d operands and a bad axis get NumPy's reason, not an IndexError below
+            out = array_module(arrays[0]).concatenate(arrays, axis=axis)
+        except ValueError as exc:
+            raise ValueError(f"concatenate: shapes {[tuple(a.shape) for a in arrays]} cannot be joined "
+                             f"along axis {axis} ({exc})") from None
         self.axis = axis
         self.sizes = [a.shape[axis] for a in arrays]
-        try:
-            return array_module(arrays[0]).concatenate(arrays, axis=axis)
-        except ValueError:
-            raise ValueError(f"concatenate: shapes {[tuple(a.shape) for a in arrays]} differ outside "
-                             f"axis {axis}") from None
+        return out
 
     def backward(self, g):
         bounds = np.cumsum(self.sizes)[:-1].tolist()
