@@ -76,6 +76,10 @@ def test_concatenate_and_stack_shape_mismatch():
         tg.stack([tg.ones(2), tg.ones(3)])
     with pytest.raises(ValueError, match="concatenate"):
         tg.concatenate([])
+    with pytest.raises(ValueError, match=f"concatenate.*{_shapes((), ())}"):
+        tg.concatenate([tg.tensor(1.0), tg.tensor(2.0)])
+    with pytest.raises(ValueError, match=f"concatenate.*{_shapes((2, 3), (2, 3))}.*axis 2"):
+        tg.concatenate([tg.ones(2, 3), tg.ones(2, 3)], axis=2)
 
 
 def test_reshape_mismatch():
