@@ -98,7 +98,7 @@ class Linear(Node):
 
     def backward(self, g):
         out_features = g.shape[-1]
-        g2 = _contiguous(g.reshape(-1, out_features))
+        g2 = _contiguous(_as_dtype(g.reshape(-1, out_features), self.value.dtype))
         if self.kind == "identity":
             g_pre = g2
         else:
