@@ -206,6 +206,8 @@ class Tensor:
         dtype = as_dtype(dtype, "astype")
         if dtype == self.data.dtype:
             return self
+        if dtype.kind != "f":  # integer and bool tensors never require grad: the cast leaves the graph
+            return _wrap(self.data.astype(dtype))
         return autograd.apply(shape_ops.Cast(), self, dtype=dtype)
 
     def double(self) -> Tensor:
