@@ -371,3 +371,13 @@ def test_zero_d_results_are_arrays():
         assert isinstance(out.data, np.ndarray) and out.shape == ()
         out.item()
     assert (s > 1.0).item() is True
+
+
+def test_cast_to_integer_or_bool_leaves_the_graph():
+    x = tg.tensor(np.array([1.5, 2.5]), requires_grad=True)
+    for dtype in (tg.int64, tg.bool_):
+        y = x.astype(dtype)
+        assert y.dtype == dtype and not y.requires_grad and y.grad_fn is None
+    # z = floor(x) * x: the floor is a constant, so dz/dx = floor(x) (as torch with x.long())
+    (x.astype(tg.int64) * x).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [1.0, 2.0])
