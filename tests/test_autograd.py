@@ -270,6 +270,16 @@ def test_no_grad_records_nothing():
         y.sum().backward()
 
 
+def test_no_grad_as_decorator():
+    @tg.no_grad()
+    def step(t):
+        return t * 2.0
+
+    x = f64([1.0])
+    assert not step(x).requires_grad and not step(x).requires_grad  # usable more than once
+    assert tg.is_grad_enabled() and (x * 2.0).requires_grad
+
+
 def test_no_grad_is_restored_after_an_exception():
     with pytest.raises(ValueError), tg.no_grad():
         raise ValueError("inside")
