@@ -481,6 +481,14 @@ def test_gradcheck_rejects_gradient_of_wrong_shape():
         tg.gradcheck(lambda a: autograd.apply(_WrongShape(), a), [x])
 
 
+def test_gradcheck_catches_a_broken_graph():
+    # detach() cuts the graph: backward sees no dependence, finite differences see slope 2
+    x = f64([1.0, 2.0])
+    with pytest.raises(tg.GradcheckError, match="analytic 0 vs numeric 2"):
+        tg.gradcheck(lambda a: a.detach() * 2.0, [x])
+    assert tg.gradcheck(lambda a: tg.tensor(np.array([5.0])), [x])  # truly constant: passes
+
+
 def test_gradcheck_needs_float64():
     with pytest.raises(TypeError, match="float64"):
         tg.gradcheck(lambda a: a * 2.0, [tg.tensor([1.0], requires_grad=True)])
