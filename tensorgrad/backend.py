@@ -135,3 +135,13 @@ def to_device(array, device: str):
         return array if isinstance(array, np.ndarray) else array.get()
     cp = cupy()
     return array if isinstance(array, cp.ndarray) else cp.asarray(array)
+
+
+def scatter_add(array, index, values) -> None:
+    """array[index] += values, accumulating repeated indices (numpy.add.at; cupyx.scatter_add on GPU)."""
+    if isinstance(array, np.ndarray):
+        np.add.at(array, index, values)
+    else:
+        import cupyx
+
+        cupyx.scatter_add(array, index, values)

@@ -77,7 +77,7 @@ class GetItem(Node):
         grad = xp.zeros(self.in_shape, dtype=g.dtype)
         if _is_advanced(self.index):
             # add.at accumulates repeated indices (x[[0, 0]] sends two gradients to x[0]).
-            xp.add.at(grad, self.index, g)
+            backend.scatter_add(grad, self.index, g)
         else:
             grad[self.index] = g
         return (grad,)
