@@ -123,6 +123,9 @@ class NumpyKernels:
 
     device = backend.CPU
 
+    def __init__(self):
+        self._local = threading.local()  # per-thread scratch: two threads may step two models
+
     def __repr__(self) -> str:
         return "NumpyKernels()"
 
@@ -285,30 +288,26 @@ class NumpyKernels:
         when momentum == 0. Hyperparameters are Python numbers; first_step says buf is unset.
         """
         _check_sgd("sgd_update", param, grad, buf, momentum)
-        if weight_decay != 0:
-            d = np.multiply(param, weight_decay, out=np.empty_like(param))
-            np.add(d, grad, out=d)
-        else:
-            d = grad
-        if momentum != 0:
-            if first_step:
-                np.copyto(buf, d)
-            else:
-                np.multiply(buf, momentum, out=buf)
-                if dampening != 0:
-                    # d is still needed intact for nesterov, so scale a copy
-                    buf += np.multiply(d, 1 - dampening)
-                else:
-                    buf += d
-            if nesterov:
-                step = np.multiply(buf, momentum, out=np.empty_like(buf))
-                np.add(step, d, out=step)
-            else:
-                step = buf
-        else:
-            step = d
-        scaled = np.multiply(step, lr, out=None if step is grad or step is buf else step)
-        np.subtract(param, scaled, out=param)
+        flat_param, flat_grad = param.reshape(-1), grad.reshape(-1)
+        flat_buf = None if buf is None else buf.reshape(-1)
+        d, t = self._sgd_scratch(param.dtype)
+        # The update takes up to eight NumPy passes; run them chunk by chunk so that each chunk of
+        # param, grad, buf and scratch stays in L2 and the whole update costs about one trip to memory.
+        for start in range(0, flat_param.size, _SGD_CHUNK):
+            stop = min(start + _SGD_CHUNK, flat_param.size)
+            _sgd_chunk(flat_param[start:stop], flat_grad[start:stop],
+                       None if flat_buf is None else flat_buf[start:stop], d[:stop - start], t[:stop - start],
+                       lr, weight_decay, momentum, dampening, nesterov, first_step)
+
+    def _sgd_scratch(self, dtype):
+        """Two chunk-sized scratch arrays per thread and dtype, allocated once (no page faults per step)."""
+        scratch = getattr(self._local, "sgd", None)
+        if scratch is None:
+            scratch = self._local.sgd = {}
+        pair = scratch.get(dtype)
+        if pair is None:
+            pair = scratch[dtype] = (np.empty(_SGD_CHUNK, dtype), np.empty(_SGD_CHUNK, dtype))
+        return pair
 
     def sgd_update_multi(self, params, grads, bufs, lr, weight_decay, momentum, dampening, nesterov,
                          first_step):
@@ -317,6 +316,40 @@ class NumpyKernels:
         for i, (param, grad) in enumerate(zip(params, grads)):
             self.sgd_update(param, grad, None if bufs is None else bufs[i], lr, weight_decay, momentum,
                             dampening, nesterov, first_step)
+
+
+# Elements per chunk of the NumPy SGD update: four float32 chunks (param, grad, buf, scratch) take
+# 512 KiB, within L2; measured fastest among 4K..64K on the 784-512-512-10 model.
+_SGD_CHUNK = 32768
+
+
+def _sgd_chunk(p, g, b, d, t, lr, weight_decay, momentum, dampening, nesterov, first_step) -> None:
+    """One chunk of torch.optim.SGD's update; d and t are scratch of the chunk's length."""
+    if weight_decay != 0:
+        np.multiply(p, weight_decay, out=d)
+        d += g
+    else:
+        d = g  # read only from here on
+    if momentum != 0:
+        if first_step:
+            np.copyto(b, d)
+        else:
+            b *= momentum
+            if dampening != 0:
+                np.multiply(d, 1 - dampening, out=t)
+                b += t
+            else:
+                b += d
+        if nesterov:
+            np.multiply(b, momentum, out=t)
+            t += d
+            step = t
+        else:
+            step = b
+    else:
+        step = d
+    np.multiply(step, lr, out=t)
+    p -= t
 
 
 def _check_lists(fn: str, params, grads, bufs) -> None:

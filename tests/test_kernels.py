@@ -415,8 +415,9 @@ def run_sgd(update, params, grads, lr, momentum, **hyper):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("hyper", SGD_SETTINGS, ids=lambda h: "-".join(f"{k}={v}" for k, v in h.items()))
 def test_sgd_update_matches_reference_loop(hyper, dtype):
-    params = [sample((13, 7), dtype, seed=1), sample((5,), dtype, seed=2)]
-    grads = [sample((13, 7), dtype, seed=3), sample((5,), dtype, seed=4)]
+    # (3, 32769) spans several of the twin's cache-sized chunks and ends in a ragged one
+    params = [sample((13, 7), dtype, seed=1), sample((5,), dtype, seed=2), sample((3, 32769), dtype, seed=5)]
+    grads = [sample((13, 7), dtype, seed=3), sample((5,), dtype, seed=4), sample((3, 32769), dtype, seed=6)]
     fused, fused_bufs = run_sgd(TWINS.sgd_update, params, grads, lr=0.1, **hyper)
     ref, ref_bufs = run_sgd(kernels.sgd_update_reference, params, grads, lr=0.1, **hyper)
     rtol = 1e-6 if dtype == np.float32 else 1e-14
