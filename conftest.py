@@ -12,3 +12,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def on_the_cpu():
+    """Pin the default device to the CPU for a test of the NumPy path (on a GPU machine the default
+    would be CUDA, which the `gpu` tests cover against this path)."""
+    from tensorgrad import backend as backend_module
+
+    previous = backend_module.default_device()
+    backend_module.set_default_device("cpu")
+    yield
+    backend_module.set_default_device(previous)

@@ -15,15 +15,7 @@ import tensorgrad.nn as nn
 import tensorgrad.nn.functional as F
 import tensorgrad.optim as optim
 
-
-@pytest.fixture(autouse=True)
-def _on_the_cpu():
-    """These tests pin down the CPU (NumPy) path; on a machine with a GPU the default device would be CUDA,
-    which tests/test_nn_gpu.py covers against this path."""
-    previous = tg.default_device()
-    tg.set_default_device("cpu")
-    yield
-    tg.set_default_device(previous)
+pytestmark = pytest.mark.usefixtures("on_the_cpu")  # the NumPy path; CUDA is in test_nn_gpu.py
 
 # ---------------------------------------------------------------------------------------------
 # The lecture's 2-2-1 network: x = [0.5, 0.1], sigmoid hidden and output layers, BCE, target 1.
