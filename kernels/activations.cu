@@ -9,16 +9,6 @@
 // (in-place activation): every element is read once and then written once by the same thread,
 // so __restrict__'s no-overlap promise is never observable.
 
-template <typename T> struct Vec16;
-template <> struct Vec16<float>  { typedef float4  type; static const int width = 4; };
-template <> struct Vec16<double> { typedef double2 type; static const int width = 2; };
-
-__device__ __forceinline__ bool aligned16(const void* p) {
-    return (reinterpret_cast<unsigned long long>(p) & 15ULL) == 0;
-}
-
-__device__ __forceinline__ float  exp_(float v)    { return expf(v); }
-__device__ __forceinline__ double exp_(double v)   { return exp(v); }
 __device__ __forceinline__ float  expm1_(float v)  { return expm1f(v); }
 __device__ __forceinline__ double expm1_(double v) { return expm1(v); }
 __device__ __forceinline__ float  tanh_(float v)   { return tanhf(v); }

@@ -11,15 +11,7 @@
 // updates every parameter of a model in a single launch from a device table of pointers, so a
 // model with many small tensors pays one launch instead of one per tensor.
 //
-// No headers: compiled by NVRTC (cupy.RawModule) and by nvcc in the tests.
-
-template <typename T> struct Vec16;
-template <> struct Vec16<float>  { typedef float4  type; static const int width = 4; };
-template <> struct Vec16<double> { typedef double2 type; static const int width = 2; };
-
-__device__ __forceinline__ bool aligned16(const void* p) {
-    return (reinterpret_cast<unsigned long long>(p) & 15ULL) == 0;
-}
+// Compiled after kernels/common.cuh (Vec16, aligned16, exp_), by NVRTC and by nvcc in the tests.
 
 template <typename T>
 struct SgdHyper {

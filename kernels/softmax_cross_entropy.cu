@@ -10,18 +10,8 @@
 // outside the row for them and write NaN for that row, so a bad label cannot corrupt memory or
 // pass unnoticed.
 //
-// No headers: compiled by NVRTC (cupy.RawModule) and by nvcc in the tests.
+// Compiled after kernels/common.cuh (Vec16, aligned16, exp_), by NVRTC and by nvcc in the tests.
 
-template <typename T> struct Vec16;
-template <> struct Vec16<float>  { typedef float4  type; static const int width = 4; };
-template <> struct Vec16<double> { typedef double2 type; static const int width = 2; };
-
-__device__ __forceinline__ bool aligned16(const void* p) {
-    return (reinterpret_cast<unsigned long long>(p) & 15ULL) == 0;
-}
-
-__device__ __forceinline__ float  exp_(float v)  { return expf(v); }
-__device__ __forceinline__ double exp_(double v) { return exp(v); }
 __device__ __forceinline__ float  log_(float v)  { return logf(v); }
 __device__ __forceinline__ double log_(double v) { return log(v); }
 

@@ -416,10 +416,22 @@ _MAX_GRID_Y = 65535
 _MAX_POINTER_TABLES = 8
 
 
+# Put in front of every source (templates and helpers they share), see cuda_source().
+CUDA_PRELUDE = "common.cuh"
+
+
+def cuda_source(source: str, directory: Path | None = None) -> str:
+    """The text NVRTC compiles for `source`: the shared prelude, then the file (line numbers kept)."""
+    directory = kernel_source_dir() if directory is None else directory
+    prelude = (directory / CUDA_PRELUDE).read_text(encoding="utf-8")
+    body = (directory / source).read_text(encoding="utf-8")
+    return f'{prelude}\n#line 1 "{source}"\n{body}'
+
+
 def kernel_source_dir() -> Path:
     """The folder holding the .cu sources: inside the installed package first, else the source tree."""
     for directory in KERNEL_SOURCE_DIRS:
-        if all((directory / source).is_file() for source in KERNEL_SOURCES):
+        if all((directory / source).is_file() for source in (*KERNEL_SOURCES, CUDA_PRELUDE)):
             return directory
     raise FileNotFoundError("tensorgrad's CUDA kernel sources (" + ", ".join(KERNEL_SOURCES) +
                             ") are in neither " + " nor ".join(str(d) for d in KERNEL_SOURCE_DIRS) +
@@ -456,7 +468,7 @@ class CudaKernels:
                 source = _SOURCE_OF_KERNEL[name]
                 module = self._modules.get(source)
                 if module is None:
-                    code = (self._source_dir / source).read_text(encoding="utf-8")
+                    code = cuda_source(source, self._source_dir)
                     module = self._modules[source] = self._cupy.RawModule(code=code)
                 with self._cupy.cuda.Device(self.device_id):
                     function = self._functions[name] = module.get_function(name)

@@ -44,10 +44,19 @@ def tolerance(dtype):
 # ---------------------------------------------------------------------------------------------
 # CUDA sources: nvcc compiles each for sm_80 and sm_90, and every kernel kernels.py launches exists.
 
+def _compiled_text(source: Path, out_dir: Path) -> Path:
+    """The exact text the loader hands NVRTC (prelude + source), as a file nvcc can read."""
+    text_file = out_dir / source.name
+    if not text_file.exists():
+        text_file.write_text(kernels.cuda_source(source.name, source.parent))
+    return text_file
+
+
 @cache
 def _cubin(source: Path, arch: str, out_dir: Path) -> bytes:
     target = out_dir / f"{source.stem}.{arch}.cubin"
-    result = subprocess.run(["nvcc", f"-arch={arch}", "-cubin", "-o", str(target), str(source)],
+    text = _compiled_text(source, out_dir)
+    result = subprocess.run(["nvcc", f"-arch={arch}", "-cubin", "-o", str(target), str(text)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"nvcc -arch={arch} failed on {source.name}:\n{result.stderr}"
     return target.read_bytes()
@@ -95,7 +104,8 @@ def test_launched_kernels_are_extern_c_globals_of_their_source(source, cubin_dir
     launched = set(kernels.KERNEL_SOURCES[source.name])
     # The kernels are stamped out by macros, so grep the preprocessed text; nvcc spells
     # __global__ as __attribute__((global)) there.
-    preprocessed = subprocess.run(["nvcc", "-E", "-arch=sm_80", str(source)], capture_output=True,
+    preprocessed = subprocess.run(["nvcc", "-E", "-arch=sm_80", str(_compiled_text(source, cubin_dir))],
+                                  capture_output=True,
                                   text=True, timeout=300, check=True).stdout
     declared = set(re.findall(r'extern "C" (?:__global__|__attribute__\(\(global\)\)) void (\w+)\(',
                               preprocessed))
@@ -110,7 +120,7 @@ def test_launched_kernels_are_extern_c_globals_of_their_source(source, cubin_dir
 
 def test_cuda_sources_include_no_headers():
     # NVRTC (cupy.RawModule) has no system include path
-    for source in CUDA_SOURCES:
+    for source in [*CUDA_SOURCES, CUDA_SOURCES[0].parent / kernels.CUDA_PRELUDE]:
         assert "#include" not in source.read_text(), f"{source.name} has an #include"
 
 

@@ -7,7 +7,8 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CUDA_SOURCES = sorted((ROOT / "kernels").glob("*.cu"))
+# the .cu files and the prelude the loader puts in front of each (kernels/common.cuh)
+CUDA_SOURCES = sorted((ROOT / "kernels").glob("*.cu")) + sorted((ROOT / "kernels").glob("*.cuh"))
 
 
 def _build_wheel(out_dir: Path) -> Path:
