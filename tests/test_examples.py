@@ -99,6 +99,12 @@ def test_main_job_rejects_train_on_test_split_for_digits(tmp_path):
     assert done.returncode == 2 and "--train-on-test-split" in done.stderr
 
 
+@pytest.mark.skipif(tg.cuda_available(), reason="CUDA is usable here")
+def test_main_job_asked_for_an_unusable_gpu_says_why(tmp_path):
+    done = run_example("mnist_mlp.py", "--device", "cuda", cwd=tmp_path)
+    assert done.returncode == 2 and "not usable" in done.stderr and "Traceback" not in done.stderr
+
+
 needs_shared_mnist = pytest.mark.skipif(not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").is_file(),
                                         reason="../shared/data/mnist (the real MNIST test set) is not here")
 
