@@ -21,7 +21,7 @@ from tensorgrad import backend
 
 ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "elu")
 REDUCTIONS = ("mean", "sum", "none")
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_FLOAT_DTYPES = frozenset((np.dtype(np.float32), np.dtype(np.float64)))
 _INT64 = np.dtype(np.int64)
 
 
@@ -313,9 +313,35 @@ class NumpyKernels:
                          first_step):
         """sgd_update over lists of parameters; bufs may be None (or Nones) when momentum == 0."""
         _check_lists("sgd_update_multi", params, grads, bufs)
+        total = sum(p.size for p in params)
+        if len(params) > 1 and total <= _SGD_CHUNK and len({p.dtype for p in params}) == 1:
+            # Many small tensors (a tiny model, or biases): per-call overhead outweighs the arithmetic,
+            # so gather them into one flat chunk, update it in one pass chain and scatter back.
+            self._sgd_gathered(params, grads, bufs, total, lr, weight_decay, momentum, dampening, nesterov,
+                               first_step)
+            return
         for i, (param, grad) in enumerate(zip(params, grads)):
             self.sgd_update(param, grad, None if bufs is None else bufs[i], lr, weight_decay, momentum,
                             dampening, nesterov, first_step)
+
+    def _sgd_gathered(self, params, grads, bufs, total, lr, weight_decay, momentum, dampening, nesterov,
+                      first_step):
+        with_buf = momentum != 0
+        for i, (param, grad) in enumerate(zip(params, grads)):
+            _check_sgd("sgd_update_multi", param, grad, bufs[i] if with_buf else None, momentum)
+        d, t = self._sgd_scratch(params[0].dtype)
+        flat_param = np.concatenate([p.reshape(-1) for p in params])
+        flat_grad = np.concatenate([g.reshape(-1) for g in grads])
+        flat_buf = np.concatenate([b.reshape(-1) for b in bufs]) if with_buf else None
+        _sgd_chunk(flat_param, flat_grad, flat_buf, d[:total], t[:total], lr, weight_decay, momentum,
+                   dampening, nesterov, first_step)
+        start = 0
+        for i, param in enumerate(params):
+            stop = start + param.size
+            np.copyto(param.reshape(-1), flat_param[start:stop])
+            if with_buf:
+                np.copyto(bufs[i].reshape(-1), flat_buf[start:stop])
+            start = stop
 
 
 # Elements per chunk of the NumPy SGD update: four float32 chunks (param, grad, buf, scratch) take

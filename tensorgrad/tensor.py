@@ -20,8 +20,8 @@ int64 = np.dtype(np.int64)
 uint8 = np.dtype(np.uint8)
 bool_ = np.dtype(np.bool_)
 
-_SUPPORTED_DTYPES = (float16, float32, float64, np.dtype(np.int8), np.dtype(np.int16), int32, int64,
-                     uint8, bool_)
+_SUPPORTED_DTYPES = frozenset((float16, float32, float64, np.dtype(np.int8), np.dtype(np.int16), int32, int64,
+                               uint8, bool_))
 
 
 def as_dtype(dtype, where: str = "tensor") -> np.dtype:
@@ -203,6 +203,8 @@ class Tensor:
     def astype(self, dtype) -> Tensor:
         from .ops import shape as shape_ops
 
+        if dtype is self.data.dtype:  # the common no-op (losses align targets this way), checked first
+            return self
         dtype = as_dtype(dtype, "astype")
         if dtype == self.data.dtype:
             return self

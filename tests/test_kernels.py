@@ -478,20 +478,23 @@ def test_sgd_update_leaves_the_gradient_alone():
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_sgd_update_multi_equals_per_parameter_updates(momentum):
-    shapes = [(3, 4), (1,), (17,)]
-    params = [sample(s, np.float32, seed=i) for i, s in enumerate(shapes)]
-    grads = [sample(s, np.float32, seed=10 + i) for i, s in enumerate(shapes)]
-    hyper = dict(lr=0.05, weight_decay=0.01, momentum=momentum, dampening=0.0, nesterov=momentum > 0)
-    multi = [p.copy() for p in params]
-    multi_bufs = [np.zeros_like(p) for p in params] if momentum else None
-    single = [p.copy() for p in params]
-    single_bufs = [np.zeros_like(p) for p in params] if momentum else [None] * len(params)
-    for step in range(2):
-        TWINS.sgd_update_multi(multi, grads, multi_bufs, first_step=step == 0, **hyper)
-        for p, g, b in zip(single, grads, single_bufs):
-            TWINS.sgd_update(p, g, b, first_step=step == 0, **hyper)
-    for a, b in zip(multi, single):
-        np.testing.assert_array_equal(a, b)
+    # the small set is gathered into one flat update; with the (200, 200) tensor it goes one by one
+    for shapes in ([(3, 4), (1,), (17,)], [(3, 4), (200, 200), (17,)]):
+        params = [sample(s, np.float32, seed=i) for i, s in enumerate(shapes)]
+        grads = [sample(s, np.float32, seed=10 + i) for i, s in enumerate(shapes)]
+        for dampening in (0.0, 0.25):
+            hyper = dict(lr=0.05, weight_decay=0.01, momentum=momentum, dampening=dampening,
+                         nesterov=momentum > 0 and dampening == 0)
+            multi = [p.copy() for p in params]
+            multi_bufs = [np.zeros_like(p) for p in params] if momentum else None
+            single = [p.copy() for p in params]
+            single_bufs = [np.zeros_like(p) for p in params] if momentum else [None] * len(params)
+            for step in range(3):
+                TWINS.sgd_update_multi(multi, grads, multi_bufs, first_step=step == 0, **hyper)
+                for p, g, b in zip(single, grads, single_bufs):
+                    TWINS.sgd_update(p, g, b, first_step=step == 0, **hyper)
+            for a, b in zip(multi + (multi_bufs or []), single + (single_bufs if momentum else [])):
+                np.testing.assert_array_equal(a, b)
 
 
 # ---------------------------------------------------------------------------------------------

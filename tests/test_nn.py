@@ -440,3 +440,16 @@ def test_manual_seed_makes_models_reproducible():
     for a, b, c in zip(first, second, third):
         np.testing.assert_array_equal(a, b)
         assert not np.array_equal(a, c)
+
+
+def test_sequential_refuses_a_stale_fusion_plan_after_its_modules_change():
+    model = nn.Sequential(nn.Linear(3, 2))
+    x = tg.tensor(np.ones((4, 3), np.float32))
+    assert model(x).grad_fn.name == "linear"
+    model.append(nn.ReLU())
+    assert model(x).grad_fn.name == "linear+relu"
+    setattr(model, "1", nn.Tanh())  # replace the activation in place
+    out = model(x)
+    assert out.grad_fn.name == "linear+tanh"
+    np.testing.assert_allclose(out.numpy(), np.tanh(x.numpy() @ model[0].weight.numpy().T
+                                                    + model[0].bias.numpy()), rtol=1e-6)

@@ -230,17 +230,31 @@ class Sequential(Module):
             raise IndexError(f"Sequential: index {index} is out of range for {len(items)} modules") from None
 
     def forward(self, x: Tensor) -> Tensor:
-        modules = list(self._modules.values())
-        i, n = 0, len(modules)
-        while i < n:
+        for module, activation in self._plan():
+            if activation is None:
+                x = module(x)
+            else:
+                # The dense layer's epilogue: bias and activation applied in one pass over the GEMM output.
+                x = F.linear(x, module.weight, module.bias, activation=activation.kind,
+                             alpha=activation.alpha)
+        return x
+
+    def _plan(self) -> tuple:
+        """((module, None) | (linear, activation to fuse into it), ...), rebuilt when the modules change."""
+        modules = tuple(self._modules.values())
+        cached = self.__dict__.get("_cached_plan")
+        if cached is not None and cached[0] == modules:
+            return cached[1]
+        plan, i = [], 0
+        while i < len(modules):
             module = modules[i]
-            following = modules[i + 1] if i + 1 < n else None
+            following = modules[i + 1] if i + 1 < len(modules) else None
             if (type(module).forward is Linear.forward and isinstance(following, _Activation)
                     and type(following).forward is _Activation.forward):
-                # The dense layer's epilogue: bias and activation applied in one pass over the GEMM output.
-                x = F.linear(x, module.weight, module.bias, activation=following.kind, alpha=following.alpha)
+                plan.append((module, following))
                 i += 2
             else:
-                x = module(x)
+                plan.append((module, None))
                 i += 1
-        return x
+        self.__dict__["_cached_plan"] = (modules, tuple(plan))
+        return self.__dict__["_cached_plan"][1]
