@@ -330,9 +330,9 @@ class NumpyKernels:
         for i, (param, grad) in enumerate(zip(params, grads)):
             _check_sgd("sgd_update_multi", param, grad, bufs[i] if with_buf else None, momentum)
         d, t = self._sgd_scratch(params[0].dtype)
-        flat_param = np.concatenate([p.reshape(-1) for p in params])
-        flat_grad = np.concatenate([g.reshape(-1) for g in grads])
-        flat_buf = np.concatenate([b.reshape(-1) for b in bufs]) if with_buf else None
+        flat_param = np.concatenate(params, axis=None)  # axis=None flattens each input on the way in
+        flat_grad = np.concatenate(grads, axis=None)
+        flat_buf = np.concatenate(bufs, axis=None) if with_buf else None
         _sgd_chunk(flat_param, flat_grad, flat_buf, d[:total], t[:total], lr, weight_decay, momentum,
                    dampening, nesterov, first_step)
         start = 0
