@@ -52,26 +52,26 @@ ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Train an MLP on handwritten digits with tensorgrad (embedded 8x8 digits by default).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="Train an MLP on handwritten digits with tensorgrad (embedded 8x8 digits by default).")
     p.add_argument("--dataset", choices=["digits", "mnist", "fashion-mnist"], default="digits",
-                   help="digits: the embedded 8x8 set (no download); mnist / fashion-mnist: IDX files")
+                   help="digits (default): the embedded 8x8 set, no download; mnist / fashion-mnist: IDX files")
     p.add_argument("--data-dir", default="data",
-                   help="folder with the MNIST / Fashion-MNIST IDX files (or their torchvision layout)")
+                   help="folder with the MNIST / Fashion-MNIST IDX files, or their torchvision layout "
+                        "(default: data)")
     p.add_argument("--download", action="store_true", help="fetch missing MNIST / Fashion-MNIST files")
     p.add_argument("--train-on-test-split", action="store_true",
                    help="use only the test files: train on the first 80%% (8,000), test on the last 20%%")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="use only the first N samples of each file (quick runs)")
     p.add_argument("--val-fraction", type=float, default=0.1,
-                   help="part of the training data held out for validation")
+                   help="part of the training data held out for validation (default: 0.1)")
     p.add_argument("--hidden", type=int, nargs="+", default=None, metavar="H",
                    help="hidden layer widths (default: 256 256 for digits, 512 512 for MNIST)")
-    p.add_argument("--activation", choices=sorted(ACTIVATIONS), default="relu")
+    p.add_argument("--activation", choices=sorted(ACTIVATIONS), default="relu", help="(default: relu)")
     p.add_argument("--epochs", type=int, default=None, help="at most this many epochs (default: 40 / 20)")
     p.add_argument("--batch-size", type=int, default=None, help="default: 16 for digits, 128 for MNIST")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.05)")
-    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--momentum", type=float, default=0.9, help="(default: 0.9)")
     p.add_argument("--weight-decay", type=float, default=None,
                    help="L2 penalty on the weights, not the biases (default: 5e-4 / 1e-4)")
     p.add_argument("--patience", type=int, default=None,
@@ -79,10 +79,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "0 turns early stopping off)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: the GPU if usable, else the CPU)")
     p.add_argument("--seed", type=int, default=0,
-                   help="seeds the split, the initial weights and the shuffling")
-    p.add_argument("--plot", default="loss.png", metavar="PATH", help="where to draw the loss curves")
+                   help="seeds the split, the initial weights and the shuffling (default: 0)")
+    p.add_argument("--plot", default="loss.png", metavar="PATH", help="where to draw the loss curves (default: loss.png)")
     p.add_argument("--checkpoint", default="checkpoint.npz", metavar="PATH",
-                   help="where to save the best weights (written on every new best validation loss)")
+                   help="where to save the best weights, written on every new best validation loss "
+                        "(default: checkpoint.npz)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     for name, value in DEFAULTS[args.dataset].items():
