@@ -54,7 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Train an MLP on handwritten digits with tensorgrad (embedded 8x8 digits by default).")
     p.add_argument("--dataset", choices=["digits", "mnist", "fashion-mnist"], default="digits",
-                   help="digits (default): the embedded 8x8 set, no download; mnist / fashion-mnist: IDX files")
+                   help="digits (default): the embedded 8x8 set, no download; "
+                        "mnist / fashion-mnist: IDX files")
     p.add_argument("--data-dir", default="data",
                    help="folder with the MNIST / Fashion-MNIST IDX files, or their torchvision layout "
                         "(default: data)")
@@ -80,7 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="cpu or cuda (default: the GPU if usable, else the CPU)")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds the split, the initial weights and the shuffling (default: 0)")
-    p.add_argument("--plot", default="loss.png", metavar="PATH", help="where to draw the loss curves (default: loss.png)")
+    p.add_argument("--plot", default="loss.png", metavar="PATH",
+                   help="where to draw the loss curves (default: loss.png)")
     p.add_argument("--checkpoint", default="checkpoint.npz", metavar="PATH",
                    help="where to save the best weights, written on every new best validation loss "
                         "(default: checkpoint.npz)")
