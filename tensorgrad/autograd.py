@@ -205,14 +205,14 @@ def _seed(root, grad):
     return g.astype(root.data.dtype, copy=False)
 
 
-def _as_leaf_grad(xp, g):
+def _as_leaf_grad(g):
     # Leaf gradients are handed to optimizers and fused kernels, which need C-contiguous memory;
     # broadcast views (zero strides) from sum/mean backward are materialized here, and NumPy
     # scalars from 0-d arithmetic become 0-d arrays.
     if isinstance(g, np.generic):
         return np.asarray(g)
     if not g.flags.c_contiguous:
-        g = xp.ascontiguousarray(g)
+        g = backend.array_module(g).ascontiguousarray(g)
     return g
 
 
@@ -292,10 +292,10 @@ def _deliver(leaf, g, capture, captured):
     if g.dtype != leaf.data.dtype:
         g = g.astype(leaf.data.dtype)
     if leaf.grad is None:
-        leaf.grad = _wrap(_as_leaf_grad(backend.array_module(g), g))
+        leaf.grad = _wrap(_as_leaf_grad(g))
     else:
         # Out of place: a gradient array may be shared by several leaves (add hands `g` to both).
-        leaf.grad = _wrap(_as_leaf_grad(None, leaf.grad.data + g))
+        leaf.grad = _wrap(_as_leaf_grad(leaf.grad.data + g))
 
 
 def grad(outputs, inputs, grad_outputs=None, retain_graph=False):
@@ -329,5 +329,5 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=False):
         if g is not None and g.dtype != t.data.dtype:
             g = g.astype(t.data.dtype)
         # like leaf .grad: a 0-d array (not a NumPy scalar from 0-d arithmetic), contiguous
-        result.append(None if g is None else _wrap(_as_leaf_grad(backend.array_module(g), g)))
+        result.append(None if g is None else _wrap(_as_leaf_grad(g)))
     return tuple(result)
