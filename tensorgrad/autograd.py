@@ -260,6 +260,8 @@ def run_backward(roots, seeds, retain_graph=False, capture=None):
                     "freed its saved buffers); pass retain_graph=True to the first backward if you need to")
             if targets and node in targets:
                 captured[id(targets[node])] = grad
+            if isinstance(grad, np.generic):  # NumPy hands back scalars from 0-d arithmetic; ops get arrays
+                grad = np.asarray(grad)
             if retain_graph:
                 node.grad = grad
             grads = node.backward(grad)

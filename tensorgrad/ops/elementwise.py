@@ -95,6 +95,4 @@ class Activation(Node):
 
 
 def _contiguous(a):
-    if isinstance(a, np.generic):  # a NumPy scalar from 0-d arithmetic upstream; kernels take arrays
-        return np.asarray(a)
     return a if a.flags.c_contiguous else array_module(a).ascontiguousarray(a)

@@ -211,8 +211,6 @@ class SoftmaxCrossEntropy(Node):
         return loss
 
     def backward(self, g):
-        if isinstance(g, np.generic):  # 0-d NumPy arithmetic upstream hands back a scalar
-            g = np.asarray(g)
         g = _contiguous(_as_dtype(g, self.logits.dtype))
         return (kernels.for_array(self.logits).softmax_cross_entropy_backward(
             self.logits, self.target, self.lse, g, self.reduction), None)
