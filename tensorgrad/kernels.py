@@ -468,11 +468,12 @@ class CudaKernels:
     """The fused operations on CuPy arrays of one device, each a single kernel launch.
 
     Sources are compiled by NVRTC (cupy.RawModule, which also caches the binary on disk) the first
-    time one of their kernels is needed, and each function is looked up once.
+    time one of their kernels is needed, and each function is looked up once. `cupy` is the module
+    to launch through; the tests pass one that runs the same sources on the CPU.
     """
 
-    def __init__(self, device_id: int):
-        cp = backend.cupy()
+    def __init__(self, device_id: int, cupy=None):
+        cp = backend.cupy() if cupy is None else cupy
         self._cupy = cp
         self.device_id = device_id
         self.device = f"cuda:{device_id}"

@@ -14,13 +14,14 @@ import warnings
 from functools import cache
 from pathlib import Path
 
+import cuda_emulator
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tensorgrad import kernels
+from tensorgrad import backend, kernels
 
 ROOT = Path(__file__).resolve().parent.parent
 CUDA_SOURCES = sorted((ROOT / "kernels").glob("*.cu"))
@@ -560,16 +561,43 @@ def test_for_array_dispatches_on_the_array_type():
 
 
 # ---------------------------------------------------------------------------------------------
-# GPU: every CUDA kernel against its NumPy twin, outputs poisoned with NaN before each launch.
+# Every CUDA kernel against its NumPy twin, outputs poisoned with NaN before each launch: on a GPU
+# through CuPy, and everywhere through the CPU emulator (tests/cuda_emulator.py), which runs the same
+# kernel source and the same CudaKernels launch code with g++ in place of NVRTC.
 
 SIZES = (1, 7, 1025, 2**20 + 3)
 # 2-D shapes: the sizes as columns and as rows, plus widths that are whole 16-byte vectors
 SHAPES_2D = ([(3, s) for s in SIZES] + [(s, 3) for s in SIZES[1:]] + [(5, 4), (33, 1024)])
+# The emulator runs a warp's shuffles as fiber switches, about a millisecond per softmax row; the
+# row-stride loop is already taken at 1025 rows (its grid covers 8 rows per block, 32 blocks).
+EMULATED_MAX_SOFTMAX_ROWS = 4096
+
+
+@pytest.fixture(params=[pytest.param("cuda", marks=pytest.mark.gpu),
+                        pytest.param("emulated", marks=cuda_emulator.needs_compiler)])
+def cp(request):
+    """CuPy on a GPU, or the CPU emulator's stand-in for it."""
+    return backend.cupy() if request.param == "cuda" else _emulated_cupy()
+
+
+@cache
+def _emulated_cupy():
+    return cuda_emulator.EmulatedCupy()
+
+
+@cache
+def _emulated_kernels():
+    return kernels.CudaKernels(0, cupy=_emulated_cupy())
 
 
 @pytest.fixture
-def cp():
-    from tensorgrad import backend
+def gpu(cp):
+    """The CudaKernels of the device `cp` stands for."""
+    return _emulated_kernels() if cp is _emulated_cupy() else kernels.for_array(cp.zeros(1))
+
+
+@pytest.fixture
+def real_cp():
     return backend.cupy()
 
 
@@ -594,14 +622,12 @@ def gpu_tolerance(dtype):
     return dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("misaligned", [False, True], ids=["aligned", "misaligned"])
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", kernels.ACTIVATIONS)
-def test_gpu_activation_forward_and_backward_match_twin(cp, kind, dtype, size, misaligned):
+def test_gpu_activation_forward_and_backward_match_twin(cp, gpu, kind, dtype, size, misaligned):
     alpha = alpha_of(kind)
-    gpu = kernels.for_array(cp.zeros(1))
     x, x_host = device_sample(cp, (size,), dtype, misaligned=misaligned)
     y = poisoned(cp, (size,), dtype, misaligned)
     assert gpu.activation_forward(kind, x, alpha, out=y) is y
@@ -616,11 +642,9 @@ def test_gpu_activation_forward_and_backward_match_twin(cp, kind, dtype, size, m
                                **gpu_tolerance(dtype))
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", kernels.ACTIVATIONS)
-def test_gpu_activations_in_place_and_at_magnitude_1e4(cp, kind, dtype):
-    gpu = kernels.for_array(cp.zeros(1))
+def test_gpu_activations_in_place_and_at_magnitude_1e4(cp, gpu, kind, dtype):
     x_host = np.array([-1e4, -30.0, -1.0, -0.0, 0.0, 1.0, 30.0, 1e4, 2.0], dtype=dtype)
     x = cp.asarray(x_host)
     assert gpu.activation_forward(kind, x, alpha_of(kind), out=x) is x
@@ -634,12 +658,10 @@ def test_gpu_activations_in_place_and_at_magnitude_1e4(cp, kind, dtype):
                                **gpu_tolerance(dtype))
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("shape", SHAPES_2D)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", kernels.ACTIVATIONS)
-def test_gpu_bias_activation_matches_twin(cp, kind, dtype, shape):
-    gpu = kernels.for_array(cp.zeros(1))
+def test_gpu_bias_activation_matches_twin(cp, gpu, kind, dtype, shape):
     x, x_host = device_sample(cp, shape, dtype)
     bias, bias_host = device_sample(cp, shape[1:], dtype, seed=2)
     y = poisoned(cp, shape, dtype)
@@ -657,12 +679,12 @@ def poison_pool(cp, shapes, dtype):
         cp.full(shape, np.nan, dtype=dtype)
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("reduction", kernels.REDUCTIONS)
 @pytest.mark.parametrize("shape", SHAPES_2D)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gpu_softmax_cross_entropy_matches_twin(cp, dtype, shape, reduction):
-    gpu = kernels.for_array(cp.zeros(1))
+def test_gpu_softmax_cross_entropy_matches_twin(cp, gpu, dtype, shape, reduction):
+    if cp is _emulated_cupy() and shape[0] > EMULATED_MAX_SOFTMAX_ROWS:
+        pytest.skip(f"{shape[0]} rows would take minutes in the emulator; a GPU runs this shape")
     rows, cols = shape
     logits, logits_host = device_sample(cp, shape, dtype)
     target_host = targets(rows, cols, seed=3)
@@ -686,10 +708,8 @@ def test_gpu_softmax_cross_entropy_matches_twin(cp, dtype, shape, reduction):
     np.testing.assert_allclose(grad.get(), expected, **tol)
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gpu_softmax_cross_entropy_stable_and_nan_for_bad_targets(cp, dtype):
-    gpu = kernels.for_array(cp.zeros(1))
+def test_gpu_softmax_cross_entropy_stable_and_nan_for_bad_targets(cp, gpu, dtype):
     logits_host = np.array([[1e4, -1e4, 0.0, 5.0], [1e4, -1e4, 0.0, 5.0], [1.0, 2.0, 3.0, 4.0],
                             [1.0, 2.0, 3.0, 4.0]], dtype=dtype)
     target_host = np.array([0, 2, 4, -1])
@@ -706,12 +726,10 @@ def test_gpu_softmax_cross_entropy_stable_and_nan_for_bad_targets(cp, dtype):
     assert np.isnan(mean.get())
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("hyper", SGD_SETTINGS, ids=lambda h: "-".join(f"{k}={v}" for k, v in h.items()))
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gpu_sgd_update_matches_twin(cp, dtype, size, hyper):
-    gpu = kernels.for_array(cp.zeros(1))
+def test_gpu_sgd_update_matches_twin(cp, gpu, dtype, size, hyper):
     param, param_host = device_sample(cp, (size,), dtype, seed=1, misaligned=size == 7)
     grad_host = sample((size,), dtype, seed=2)
     buf = poisoned(cp, (size,), dtype) if hyper["momentum"] else None  # the first step must overwrite it
@@ -725,11 +743,9 @@ def test_gpu_sgd_update_matches_twin(cp, dtype, size, hyper):
         np.testing.assert_allclose(buf.get(), buf_host, **gpu_tolerance(dtype))
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gpu_sgd_update_multi_equals_per_parameter_and_caches_pointer_table(cp, dtype, momentum):
-    gpu = kernels.for_array(cp.zeros(1))
+def test_gpu_sgd_update_multi_equals_per_parameter_and_caches_pointer_table(cp, gpu, dtype, momentum):
     hyper = dict(lr=0.05, weight_decay=0.01, momentum=momentum, dampening=0.0, nesterov=momentum > 0)
     multi = [device_sample(cp, (s,), dtype, seed=s, misaligned=s == 7)[0] for s in SIZES] + \
         [device_sample(cp, (3, 5), dtype, seed=9)[0]]
@@ -752,9 +768,7 @@ def test_gpu_sgd_update_multi_equals_per_parameter_and_caches_pointer_table(cp, 
         np.testing.assert_allclose(a.get(), b.get(), **tight)
 
 
-@pytest.mark.gpu
-def test_gpu_fused_reference_sgd_agree_on_device(cp):
-    gpu = kernels.for_array(cp.zeros(1))
+def test_gpu_fused_reference_sgd_agree_on_device(cp, gpu):
     hyper = dict(lr=0.1, weight_decay=0.05, momentum=0.9, dampening=0.0, nesterov=True)
     fused, _ = device_sample(cp, (1025,), np.float64, seed=1)
     ref = fused.copy()
@@ -767,17 +781,19 @@ def test_gpu_fused_reference_sgd_agree_on_device(cp):
 
 
 @pytest.mark.gpu
-def test_gpu_kernels_are_memoized_per_device(cp):
+def test_gpu_kernels_are_memoized_per_device(real_cp):
+    cp = real_cp
     first = kernels.for_array(cp.zeros(1))
     assert isinstance(first, kernels.CudaKernels)
     assert kernels.for_array(cp.ones((2, 2), dtype=cp.float32)) is first
 
 
 @pytest.mark.gpu
-def test_gpu_training_step_runs_inside_a_cuda_graph_capture(cp):
+def test_gpu_training_step_runs_inside_a_cuda_graph_capture(real_cp):
+    cp = real_cp
+    gpu = kernels.for_array(cp.zeros(1))
     # Stream capture rejects anything that waits for the host (a .get(), an .item(), a pageable
     # upload), so a captured forward + backward + update proves the step makes no round trip.
-    gpu = kernels.for_array(cp.zeros(1))
     x, _ = device_sample(cp, (64, 32), np.float32)
     bias, _ = device_sample(cp, (32,), np.float32, seed=1)
     target = cp.asarray(targets(64, 32))

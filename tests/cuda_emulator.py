@@ -1,0 +1,262 @@
+"""Run tensorgrad's CUDA kernels on the CPU: the kernel tests' stand-in for CuPy where no GPU is.
+
+`EmulatedCupy()` offers the slice of CuPy's interface that `tensorgrad.kernels.CudaKernels` and the
+kernel tests use (RawModule, arrays with `.data.ptr`/`.get()`/`.set()`, `cuda.Device`), so the very
+code that launches the kernels on a GPU, and the very text NVRTC would compile, run here:
+
+    cp = EmulatedCupy()
+    gpu = kernels.CudaKernels(0, cupy=cp)
+    y = gpu.activation_forward("relu", cp.asarray(x))      # kernels/activations.cu, built by g++
+
+`RawModule(code=...)` compiles the code with g++ after tests/cuda_on_cpu.h (CUDA's built-ins for
+the CPU, threads as fibers) and one generated launcher per `extern "C" __global__` kernel. Launches
+are checked as strictly as a GPU would be, and stricter where a GPU would silently misbehave: every
+scalar argument must be a NumPy scalar of exactly the parameter's C type (CuPy passes a float64 for
+a `float` parameter as 8 bytes), every pointer argument a device array of the pointee's dtype (or an
+8-byte integer, the raw address), and the grid and block within CUDA's limits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+COMPILER = "g++"
+SHIM = Path(__file__).resolve().parent / "cuda_on_cpu.h"
+# Few SMs, so that grid-stride loops take several strides at sizes a test can afford.
+MULTIPROCESSOR_COUNT = 1
+
+_KERNEL_MARKER = "__tensorgrad_emulated_kernel__"
+_KERNEL_SIGNATURE = re.compile(r'extern\s+"C"\s+' + _KERNEL_MARKER + r"\s+void\s+(\w+)\s*\(([^)]*)\)")
+_SCALAR_TYPES = {
+    "float": np.dtype(np.float32),
+    "double": np.dtype(np.float64),
+    "int": np.dtype(np.int32),
+    "unsigned": np.dtype(np.uint32),
+    "unsigned int": np.dtype(np.uint32),
+    "long long": np.dtype(np.int64),
+    "unsigned long long": np.dtype(np.uint64),
+}
+
+
+def available() -> bool:
+    return shutil.which(COMPILER) is not None
+
+
+needs_compiler = pytest.mark.skipif(not available(), reason=f"{COMPILER} is not on PATH (the CUDA emulator "
+                                                            "builds kernels with it)")
+
+
+class EmulatedDeviceArray(np.ndarray):
+    """A NumPy array standing for device memory: CuPy's `.data.ptr`, `.get()` and `.set()`."""
+
+    @property
+    def data(self):
+        return SimpleNamespace(ptr=self.ctypes.data)
+
+    def get(self) -> np.ndarray:
+        return np.array(self, copy=True).view(np.ndarray)
+
+    def set(self, host) -> None:
+        if not isinstance(host, np.ndarray) or isinstance(host, EmulatedDeviceArray):
+            raise TypeError(f"set: expected a host numpy array, got {type(host).__name__}")
+        if host.shape != self.shape:
+            raise ValueError(f"set: shape {host.shape} does not match the array's {self.shape}")
+        self[...] = host
+
+
+def _on_device(array) -> EmulatedDeviceArray:
+    return array.view(EmulatedDeviceArray)
+
+
+class _Device:
+    def __init__(self, device_id: int = 0):
+        if device_id != 0:
+            raise ValueError(f"the emulator has one device, 0; got {device_id}")
+        self.id = device_id
+        self.attributes = {"MultiProcessorCount": MULTIPROCESSOR_COUNT}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def synchronize(self) -> None:
+        """Launches run to completion before they return."""
+
+
+class EmulatedCupy:
+    """The CuPy functions the kernels and their tests call, over EmulatedDeviceArray."""
+
+    float32, float64, int32, int64 = np.float32, np.float64, np.int32, np.int64
+    cuda = SimpleNamespace(Device=_Device)
+
+    @staticmethod
+    def RawModule(code: str, **options) -> EmulatedModule:  # noqa: N802 (CuPy's name)
+        if options:
+            raise TypeError(f"RawModule: the emulator takes only code=, got {sorted(options)}")
+        return EmulatedModule(code)
+
+    @staticmethod
+    def asarray(a, dtype=None) -> EmulatedDeviceArray:
+        # a copy, as cupy.asarray of a host array is an upload
+        return _on_device(np.array(a, dtype=dtype, copy=True, order="C"))
+
+    @staticmethod
+    def empty(shape, dtype=np.float64) -> EmulatedDeviceArray:
+        return _on_device(np.empty(shape, dtype=dtype))
+
+    @staticmethod
+    def zeros(shape, dtype=np.float64) -> EmulatedDeviceArray:
+        return _on_device(np.zeros(shape, dtype=dtype))
+
+    @staticmethod
+    def ones(shape, dtype=np.float64) -> EmulatedDeviceArray:
+        return _on_device(np.ones(shape, dtype=dtype))
+
+    @staticmethod
+    def full(shape, fill_value, dtype=None) -> EmulatedDeviceArray:
+        return _on_device(np.full(shape, fill_value, dtype=dtype))
+
+    @staticmethod
+    def empty_like(a) -> EmulatedDeviceArray:
+        return _on_device(np.empty_like(a))
+
+    @staticmethod
+    def zeros_like(a) -> EmulatedDeviceArray:
+        return _on_device(np.zeros_like(a))
+
+    @staticmethod
+    def ones_like(a) -> EmulatedDeviceArray:
+        return _on_device(np.ones_like(a))
+
+    @staticmethod
+    def sum(a, axis=None, out=None):
+        return np.sum(a, axis=axis, out=out)
+
+
+class EmulatedModule:
+    """cupy.RawModule over the CPU: compiles `code` once (cached on disk by its hash)."""
+
+    def __init__(self, code: str):
+        self.code = code
+        self.signatures = kernel_signatures(code)
+        self._library = ctypes.CDLL(str(_build(code, self.signatures)))
+        self._library.emu_last_error.restype = ctypes.c_char_p
+
+    def get_function(self, name: str) -> EmulatedFunction:
+        if name not in self.signatures:
+            raise RuntimeError(f"get_function: no extern \"C\" __global__ kernel {name!r} in this module; "
+                           f"it has {sorted(self.signatures)}")
+        launcher = getattr(self._library, f"emu_launch_{name}")
+        launcher.restype = ctypes.c_int
+        return EmulatedFunction(name, self.signatures[name], launcher, self._library)
+
+
+class EmulatedFunction:
+    """A kernel, launched as CuPy's RawKernel is: function(grid, block, args)."""
+
+    def __init__(self, name: str, parameters: list, launcher, library):
+        self.name, self.parameters = name, parameters
+        self._launcher, self._library = launcher, library
+
+    def __call__(self, grid, block, args) -> None:
+        if len(args) != len(self.parameters):
+            raise TypeError(f"{self.name}: takes {len(self.parameters)} arguments, got {len(args)}")
+        values = [_argument(self.name, i, parameter, arg)
+                  for i, (parameter, arg) in enumerate(zip(self.parameters, args))]
+        pointers = (ctypes.c_void_p * max(1, len(values)))(
+            *[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
+        rc = self._launcher(_dims(self.name, "grid", grid), _dims(self.name, "block", block), pointers)
+        if rc != 0:
+            raise RuntimeError(f"{self.name}: {self._library.emu_last_error().decode()}")
+
+
+def _dims(name: str, what: str, dims):
+    dims = tuple(dims)
+    if not 1 <= len(dims) <= 3 or not all(isinstance(d, (int, np.integer)) and d >= 0 for d in dims):
+        raise ValueError(f"{name}: {what} must be 1 to 3 non-negative integers, got {dims}")
+    return (ctypes.c_uint * 3)(*(int(d) for d in dims + (1,) * (3 - len(dims))))
+
+
+def _argument(kernel: str, index: int, parameter: tuple, arg):
+    """The ctypes value for one argument, after checking it against the C parameter."""
+    c_type, name = parameter
+    where = f"{kernel}: argument {index} ({c_type} {name})"
+    if c_type.endswith("*"):
+        pointee = _SCALAR_TYPES.get(c_type[:-1].replace("const", "").strip())
+        if isinstance(arg, EmulatedDeviceArray):
+            if pointee is not None and arg.dtype != pointee:
+                raise TypeError(f"{where}: got a device array of dtype {arg.dtype}")
+            return ctypes.c_void_p(arg.ctypes.data)
+        if isinstance(arg, np.integer) and arg.dtype.itemsize == 8:
+            return ctypes.c_void_p(int(arg))
+        raise TypeError(f"{where}: expected a device array or an 8-byte integer address, "
+                        f"got {type(arg).__name__}")
+    dtype = _SCALAR_TYPES.get(c_type)
+    if dtype is None:
+        raise TypeError(f"{where}: the emulator does not know the C type {c_type!r}")
+    if not isinstance(arg, np.generic) or arg.dtype != dtype:
+        got = arg.dtype if isinstance(arg, np.generic) else type(arg).__name__
+        raise TypeError(f"{where}: expected a numpy {dtype} scalar, got {got}")
+    return np.ctypeslib.as_ctypes_type(dtype)(arg.item())
+
+
+def kernel_signatures(code: str) -> dict[str, list[tuple[str, str]]]:
+    """{kernel name: [(C type, parameter name), ...]} of every extern "C" __global__ in `code`,
+    read after the preprocessor has expanded the macros that define them."""
+    expanded = subprocess.run([COMPILER, "-E", "-P", "-x", "c++", f"-D__global__={_KERNEL_MARKER}", "-"],
+                              input=code, capture_output=True, text=True, check=True).stdout
+    signatures = {}
+    for match in _KERNEL_SIGNATURE.finditer(expanded):
+        parameters = []
+        for declaration in filter(None, (p.strip() for p in match.group(2).split(","))):
+            declaration = re.sub(r"\s+", " ", declaration.replace("__restrict__", ""))
+            c_type, name = re.fullmatch(r"(.*?[\w*])\s*(\w+)", declaration).groups()
+            parameters.append((re.sub(r"\s*\*", "*", c_type).strip(), name))
+        signatures[match.group(1)] = parameters
+    return signatures
+
+
+def _launcher_source(name: str, parameters: list) -> str:
+    casts = ", ".join(f"*static_cast<{c_type}*>(args[{i}])" for i, (c_type, _) in enumerate(parameters))
+    return (f"static void emu_body_{name}(void** args) {{ {name}({casts}); }}\n"
+            f'extern "C" int emu_launch_{name}(const unsigned* grid, const unsigned* block, void** args) '
+            f"{{ return emu::launch(grid, block, emu_body_{name}, args); }}\n")
+
+
+def _build(code: str, signatures: dict) -> Path:
+    """Compile code + launchers into a shared library, once per distinct text (atomic rename)."""
+    source = (f'#include "{SHIM.name}"\n{code}\n'
+              'extern "C" const char* emu_last_error() { return emu::last_error; }\n' +
+              "".join(_launcher_source(name, parameters) for name, parameters in signatures.items()))
+    digest = hashlib.sha256((source + SHIM.read_text()).encode()).hexdigest()[:20]
+    cache = Path(tempfile.gettempdir()) / "tensorgrad-cuda-emulator"
+    cache.mkdir(exist_ok=True)
+    library = cache / f"{digest}.so"
+    if library.exists():
+        return library
+    fd, partial = tempfile.mkstemp(suffix=".so", dir=cache)
+    os.close(fd)
+    try:
+        command = [COMPILER, "-std=c++17", "-O2", "-fPIC", "-shared", "-w", f"-I{SHIM.parent}",
+                   "-x", "c++", "-", "-o", partial]
+        build = subprocess.run(command, input=source, capture_output=True, text=True)
+        if build.returncode != 0:
+            raise RuntimeError(f"emulated RawModule: g++ failed:\n{build.stderr}")
+        os.replace(partial, library)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return library
