@@ -8,8 +8,8 @@
 //     param = param - lr * d
 //
 // One read of param, grad and buf and one write of param and buf per element. sgd_update_multi
-// updates every parameter of a model in a single launch from a device table of pointers, so a
-// model with many small tensors pays one launch instead of one per tensor.
+// updates up to SGD_MAX_TENSORS parameters in a single launch from a table of pointers passed by
+// value, so a model with many small tensors pays one launch instead of one per tensor.
 //
 // Compiled after kernels/common.cuh (Vec16, aligned16, exp_), by NVRTC and by nvcc in the tests.
 
@@ -79,17 +79,27 @@ __device__ __forceinline__ SgdHyper<T> make_hyper(T lr, T weight_decay, T moment
     return h;
 }
 
-// `table` holds 4 * count int64 entries: param pointers, grad pointers, buf pointers (0 without
-// momentum), then element counts. blockIdx.y picks the parameter; the x dimension strides over it.
+// Up to SGD_MAX_TENSORS parameters per launch, passed by value in the kernel's parameter space
+// (768 bytes of the 4 KB CUDA allows): nothing to upload before a launch, and a CUDA graph that
+// captures the launch captures the table with it. The host packs it as a NumPy structured scalar of
+// the same layout (tensorgrad/kernels.py, _SGD_TABLE).
+const int SGD_MAX_TENSORS = 24;
+
+struct SgdTable {
+    unsigned long long param[SGD_MAX_TENSORS];  // T*
+    unsigned long long grad[SGD_MAX_TENSORS];   // const T*
+    unsigned long long buf[SGD_MAX_TENSORS];    // T*, 0 without momentum
+    long long size[SGD_MAX_TENSORS];
+};
+
+// blockIdx.y picks the parameter; the x dimension strides over it.
 template <typename T>
-__device__ void sgd_update_multi(const long long* __restrict__ table, int count, const SgdHyper<T>& h) {
+__device__ void sgd_update_multi(const SgdTable& table, int count, const SgdHyper<T>& h) {
     const long long start = blockIdx.x * (long long)blockDim.x + threadIdx.x;
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (int t = blockIdx.y; t < count; t += gridDim.y) {
-        T* param = reinterpret_cast<T*>(table[t]);
-        const T* grad = reinterpret_cast<const T*>(table[count + t]);
-        T* buf = reinterpret_cast<T*>(table[2 * count + t]);
-        sgd_range(param, grad, buf, table[3 * count + t], start, stride, h);
+        sgd_range(reinterpret_cast<T*>(table.param[t]), reinterpret_cast<const T*>(table.grad[t]),
+                  reinterpret_cast<T*>(table.buf[t]), table.size[t], start, stride, h);
     }
 }
 
@@ -104,8 +114,8 @@ __device__ void sgd_update_multi(const long long* __restrict__ table, int count,
                      (long long)gridDim.x * blockDim.x, h);                                              \
     }                                                                                                    \
     extern "C" __global__ void sgd_update_multi_##SUFFIX(                                                \
-            const long long* __restrict__ table, int count, T lr, T weight_decay, T momentum,            \
-            T one_minus_dampening, int nesterov, int first_step) {                                       \
+            const SgdTable table, int count, T lr, T weight_decay, T momentum, T one_minus_dampening,    \
+            int nesterov, int first_step) {                                                              \
         const SgdHyper<T> h = make_hyper<T>(lr, weight_decay, momentum, one_minus_dampening, nesterov,   \
                                             first_step);                                                 \
         sgd_update_multi<T>(table, count, h);                                                            \

@@ -12,7 +12,6 @@ every output has the dtype of the inputs: float32 data is never computed in floa
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +89,20 @@ def _check_sgd(fn: str, param, grad, buf, momentum: float) -> None:
         if buf is None:
             raise ValueError(f"{fn}: momentum={momentum} needs a momentum buffer, got buf=None")
         _check_like(fn, "buf", buf, param.shape, param.dtype, "those of param")
+
+
+def _check_gemm(fn: str, a, b, out) -> None:
+    """a (m, k) @ b (k, n) of one float dtype, any strides; out, if given, C-contiguous (m, n)."""
+    for name, operand in (("a", a), ("b", b)):
+        if operand.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{fn}: {name} must be float32 or float64, got {operand.dtype}")
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"{fn}: expected a (m, k) and b (k, n), got shapes {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
+    if b.dtype != a.dtype:
+        raise TypeError(f"{fn}: b has dtype {b.dtype}, expected {a.dtype} (the dtype of a)")
+    if out is not None:
+        _check_like(fn, "out", out, (a.shape[0], b.shape[1]), a.dtype, "those of a @ b")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,6 +292,18 @@ class NumpyKernels:
             grad[bad_rows] = np.nan
         return grad
 
+    # -- matrix product ---------------------------------------------------------------------
+
+    @staticmethod
+    def matmul(a, b):
+        """a @ b for the ops, whose operands are already checked: BLAS."""
+        return a @ b
+
+    def gemm(self, a, b, out=None):
+        """a (m, k) @ b (k, n) -> C-contiguous (m, n), operands of any strides: the CUDA gemm's twin."""
+        _check_gemm("gemm", a, b, out)
+        return np.matmul(a, b, out=out)
+
     # -- SGD --------------------------------------------------------------------------------
 
     def sgd_update(self, param, grad, buf, lr, weight_decay, momentum, dampening, nesterov, first_step):
@@ -429,17 +454,20 @@ KERNEL_SOURCES = {
     "softmax_cross_entropy.cu": _both_dtypes("softmax_cross_entropy_forward", "sum_divided",
                                              "softmax_cross_entropy_backward"),
     "sgd.cu": _both_dtypes("sgd_update", "sgd_update_multi"),
+    "gemm.cu": _both_dtypes("gemm"),
 }
 _SOURCE_OF_KERNEL = {name: source for source, names in KERNEL_SOURCES.items() for name in names}
 
 _THREADS_PER_BLOCK = 256
 _ROWS_PER_BLOCK = _THREADS_PER_BLOCK // 32  # the softmax kernels give each row one warp
+_GEMM_TILE = 64  # kernels/gemm.cu: each block of _THREADS_PER_BLOCK threads computes a 64 x 64 tile
 # Grid-stride loops need only enough blocks to fill the GPU; more just adds scheduling work.
 _BLOCKS_PER_SM = 32
 _MAX_GRID_Y = 65535
-# Pointer tables of sgd_update_multi kept per device: a model's parameter set, plus a few in case
-# gradients move between steps.
-_MAX_POINTER_TABLES = 8
+# kernels/sgd.cu's SgdTable, field for field: the parameters one sgd_update_multi launch updates.
+_SGD_MAX_TENSORS = 24
+_SGD_TABLE = np.dtype([("param", np.uint64, (_SGD_MAX_TENSORS,)), ("grad", np.uint64, (_SGD_MAX_TENSORS,)),
+                       ("buf", np.uint64, (_SGD_MAX_TENSORS,)), ("size", np.int64, (_SGD_MAX_TENSORS,))])
 
 
 # Put in front of every source (templates and helpers they share), see cuda_source().
@@ -480,7 +508,6 @@ class CudaKernels:
         self._source_dir = kernel_source_dir()
         self._modules: dict[str, object] = {}
         self._functions: dict[str, object] = {}
-        self._pointer_tables: OrderedDict[tuple, object] = OrderedDict()
         self._lock = threading.Lock()
         with cp.cuda.Device(device_id) as device:
             self._max_blocks = device.attributes["MultiProcessorCount"] * _BLOCKS_PER_SM
@@ -591,6 +618,33 @@ class CudaKernels:
                  np.int32(reduction == "none")))
         return grad
 
+    # -- matrix product ---------------------------------------------------------------------
+
+    def matmul(self, a, b):
+        """a @ b for the ops: cuBLAS, except while the current stream is being captured into a CUDA
+        graph, where CuPy refuses cuBLAS and the gemm kernel multiplies (2-D operands) instead."""
+        return self.gemm(a, b) if self.capturing() else a @ b
+
+    def capturing(self) -> bool:
+        """Whether work queued now on the current stream is being recorded into a CUDA graph."""
+        return self._cupy.cuda.get_current_stream().is_capturing()
+
+    def gemm(self, a, b, out=None):
+        """a (m, k) @ b (k, n) -> C-contiguous (m, n) in one launch of kernels/gemm.cu; a and b are read
+        through their strides, so transposed views cost no copy."""
+        fn = "gemm"
+        _check_gemm(fn, a, b, out)
+        (m, k), n = a.shape, b.shape[1]
+        c = self._cupy.empty((m, n), dtype=a.dtype) if out is None else out
+        grid = (-(-n // _GEMM_TILE), -(-m // _GEMM_TILE))
+        if grid[1] > _MAX_GRID_Y:
+            raise ValueError(f"{fn}: a has {m} rows; the kernel takes at most {_MAX_GRID_Y * _GEMM_TILE}")
+        if c.size:
+            strides = (np.int64(s // a.dtype.itemsize) for s in a.strides + b.strides)
+            self._function(f"gemm_{_DTYPE_SUFFIX[a.dtype]}")(
+                grid, (_THREADS_PER_BLOCK,), (a, b, c, np.int64(m), np.int64(n), np.int64(k), *strides))
+        return c
+
     # -- SGD --------------------------------------------------------------------------------
 
     @staticmethod
@@ -615,10 +669,10 @@ class CudaKernels:
 
     def sgd_update_multi(self, params, grads, bufs, lr, weight_decay, momentum, dampening, nesterov,
                          first_step):
-        """sgd_update for every parameter in ONE launch (same dtype for all).
+        """sgd_update for every parameter (one dtype), one launch per _SGD_MAX_TENSORS of them.
 
-        The kernel reads a device table of pointers and sizes; the table is cached under the tuple of
-        data pointers, so an unchanged set of arrays uploads nothing on later steps.
+        The pointers and sizes travel by value in the launch's parameters: nothing is uploaded, so a
+        step never waits on a host-to-device copy, and a CUDA graph can capture the update.
         """
         fn = "sgd_update_multi"
         _check_lists(fn, params, grads, bufs)
@@ -631,33 +685,20 @@ class CudaKernels:
             if param.dtype != dtype:
                 raise TypeError(f"{fn}: every param must have one dtype; params[0] is {dtype}, "
                                 f"params[{i}] is {param.dtype}")
-        key = (dtype.char,
-               tuple(p.data.ptr for p in params),
-               tuple(g.data.ptr for g in grads),
-               tuple(b.data.ptr for b in bufs) if with_momentum else (),
-               tuple(p.size for p in params))
-        table = self._pointer_table(key, len(params))
-        largest = max(p.size for p in params)
-        grid = (self._blocks_for(-(-largest // (16 // dtype.itemsize))), min(len(params), _MAX_GRID_Y))
-        self._function(f"sgd_update_multi_{_DTYPE_SUFFIX[dtype]}")(
-            grid, (_THREADS_PER_BLOCK,),
-            (table, np.int32(len(params)),
-             *self._sgd_scalars(dtype, lr, weight_decay, momentum, dampening, nesterov, first_step)))
-
-    def _pointer_table(self, key: tuple, count: int):
-        """Device int64 array [param ptrs | grad ptrs | buf ptrs (0 without momentum) | sizes]."""
-        table = self._pointer_tables.get(key)
-        if table is not None:
-            self._pointer_tables.move_to_end(key)
-            return table
-        _, param_ptrs, grad_ptrs, buf_ptrs, sizes = key
-        host = np.array(param_ptrs + grad_ptrs + (buf_ptrs or (0,) * count) + sizes, dtype=np.int64)
-        with self._cupy.cuda.Device(self.device_id):
-            table = self._cupy.asarray(host)
-        self._pointer_tables[key] = table
-        if len(self._pointer_tables) > _MAX_POINTER_TABLES:
-            self._pointer_tables.popitem(last=False)
-        return table
+        function = self._function(f"sgd_update_multi_{_DTYPE_SUFFIX[dtype]}")
+        scalars = self._sgd_scalars(dtype, lr, weight_decay, momentum, dampening, nesterov, first_step)
+        for start in range(0, len(params), _SGD_MAX_TENSORS):
+            chunk = slice(start, start + _SGD_MAX_TENSORS)
+            table = np.zeros((), _SGD_TABLE)
+            count = len(params[chunk])
+            table["param"][:count] = [p.data.ptr for p in params[chunk]]
+            table["grad"][:count] = [g.data.ptr for g in grads[chunk]]
+            if with_momentum:
+                table["buf"][:count] = [b.data.ptr for b in bufs[chunk]]
+            sizes = [p.size for p in params[chunk]]
+            table["size"][:count] = sizes
+            grid = (self._blocks_for(-(-max(sizes) // (16 // dtype.itemsize))), count)
+            function(grid, (_THREADS_PER_BLOCK,), (table[()], np.int32(count), *scalars))
 
 
 _cuda_kernels_by_device: dict[int, CudaKernels] = {}

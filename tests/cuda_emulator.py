@@ -96,11 +96,25 @@ class _Device:
         """Launches run to completion before they return."""
 
 
+class _Stream:
+    """The one stream: launches run as they are made, so nothing is ever recorded; `capturing` only
+    lets a test see what the launching code does while a CUDA graph capture would be on."""
+
+    def __init__(self):
+        self.capturing = False
+
+    def is_capturing(self) -> bool:
+        return self.capturing
+
+
 class EmulatedCupy:
     """The CuPy functions the kernels and their tests call, over EmulatedDeviceArray."""
 
     float32, float64, int32, int64 = np.float32, np.float64, np.int32, np.int64
-    cuda = SimpleNamespace(Device=_Device)
+
+    def __init__(self):
+        stream = _Stream()
+        self.cuda = SimpleNamespace(Device=_Device, get_current_stream=lambda: stream)
 
     @staticmethod
     def RawModule(code: str, **options) -> EmulatedModule:  # noqa: N802 (CuPy's name)
@@ -161,7 +175,11 @@ class EmulatedModule:
                            f"it has {sorted(self.signatures)}")
         launcher = getattr(self._library, f"emu_launch_{name}")
         launcher.restype = ctypes.c_int
-        return EmulatedFunction(name, self.signatures[name], launcher, self._library)
+        parameters = self.signatures[name]
+        sizes = (ctypes.c_ulonglong * max(1, len(parameters)))()
+        getattr(self._library, f"emu_parameter_sizes_{name}")(sizes)
+        typed = [(c_type, parameter, size) for (c_type, parameter), size in zip(parameters, sizes)]
+        return EmulatedFunction(name, typed, launcher, self._library)
 
 
 class EmulatedFunction:
@@ -192,7 +210,7 @@ def _dims(name: str, what: str, dims):
 
 def _argument(kernel: str, index: int, parameter: tuple, arg):
     """The ctypes value for one argument, after checking it against the C parameter."""
-    c_type, name = parameter
+    c_type, name, size = parameter
     where = f"{kernel}: argument {index} ({c_type} {name})"
     if c_type.endswith("*"):
         pointee = _SCALAR_TYPES.get(c_type[:-1].replace("const", "").strip())
@@ -204,9 +222,12 @@ def _argument(kernel: str, index: int, parameter: tuple, arg):
             return ctypes.c_void_p(int(arg))
         raise TypeError(f"{where}: expected a device array or an 8-byte integer address, "
                         f"got {type(arg).__name__}")
-    dtype = _SCALAR_TYPES.get(c_type)
-    if dtype is None:
-        raise TypeError(f"{where}: the emulator does not know the C type {c_type!r}")
+    dtype = _SCALAR_TYPES.get(c_type.replace("const ", ""))
+    if dtype is None:  # a struct, passed by value as CuPy passes a NumPy structured scalar: its bytes
+        if not isinstance(arg, np.void) or arg.dtype.itemsize != size:
+            got = f"{arg.dtype.itemsize} bytes" if isinstance(arg, np.void) else type(arg).__name__
+            raise TypeError(f"{where}: expected a numpy structured scalar of {size} bytes, got {got}")
+        return (ctypes.c_char * size).from_buffer_copy(arg.tobytes())
     if not isinstance(arg, np.generic) or arg.dtype != dtype:
         got = arg.dtype if isinstance(arg, np.generic) else type(arg).__name__
         raise TypeError(f"{where}: expected a numpy {dtype} scalar, got {got}")
@@ -231,7 +252,9 @@ def kernel_signatures(code: str) -> dict[str, list[tuple[str, str]]]:
 
 def _launcher_source(name: str, parameters: list) -> str:
     casts = ", ".join(f"*static_cast<{c_type}*>(args[{i}])" for i, (c_type, _) in enumerate(parameters))
+    sizes = "".join(f"out[{i}] = sizeof({c_type}); " for i, (c_type, _) in enumerate(parameters))
     return (f"static void emu_body_{name}(void** args) {{ {name}({casts}); }}\n"
+            f'extern "C" void emu_parameter_sizes_{name}(unsigned long long* out) {{ {sizes}}}\n'
             f'extern "C" int emu_launch_{name}(const unsigned* grid, const unsigned* block, void** args) '
             f"{{ return emu::launch(grid, block, emu_body_{name}, args); }}\n")
 

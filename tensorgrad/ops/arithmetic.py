@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import kernels
 from ..autograd import Node, like, unbroadcast
 from ..backend import array_module
 
@@ -196,6 +197,8 @@ class MatMul(Node):
             raise ValueError(f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} are not aligned "
                              f"({a.shape[-1]} != {inner_b})")
         self.a, self.b = a, b
+        if a.ndim == 2 and b.ndim == 2:
+            return kernels.for_array(a).matmul(a, b)
         try:
             return a @ b
         except ValueError:
@@ -205,8 +208,9 @@ class MatMul(Node):
     def backward(self, g):
         a, b = self.a, self.b
         if a.ndim == 2 and b.ndim == 2:  # the dense-layer case, without reshaping
-            ga = g @ b.T if self.needs_grad(0) else None
-            gb = a.T @ g if self.needs_grad(1) else None
+            k = kernels.for_array(g)
+            ga = k.matmul(g, b.T) if self.needs_grad(0) else None
+            gb = k.matmul(a.T, g) if self.needs_grad(1) else None
             return ga, gb
         if a.ndim == 1 and b.ndim == 1:  # a dot product: g is 0-d (or a NumPy scalar), nothing to promote
             return (g * b if self.needs_grad(0) else None,

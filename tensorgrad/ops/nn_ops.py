@@ -86,8 +86,8 @@ class Linear(Node):
         if weight.dtype.kind != "f":
             raise TypeError(f"linear: expected floating-point tensors, got dtype {weight.dtype}")
         x2 = x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x
-        h = x2 @ weight.T
-        k = kernels.for_array(h)
+        k = kernels.for_array(x2)
+        h = k.matmul(x2, weight.T)
         if bias is not None:
             k.bias_activation_forward(activation, h, _contiguous(bias), alpha, out=h)
         elif activation != "identity":
@@ -99,18 +99,19 @@ class Linear(Node):
     def backward(self, g):
         out_features = g.shape[-1]
         g2 = _contiguous(_as_dtype(g.reshape(-1, out_features), self.value.dtype))
+        k = kernels.for_array(g2)
         if self.kind == "identity":
             g_pre = g2
         else:
             y2 = self.value.reshape(-1, out_features)
-            g_pre = kernels.for_array(g2).activation_backward(self.kind, y2, g2, self.alpha)
+            g_pre = k.activation_backward(self.kind, y2, g2, self.alpha)
         gx = gw = gb = None
         if self.needs_grad(0):
-            gx = g_pre @ self.weight
+            gx = k.matmul(g_pre, self.weight)
             if gx.shape != self.in_shape:
                 gx = gx.reshape(self.in_shape)
         if self.needs_grad(1):
-            gw = g_pre.T @ self.x  # directly in W's (out, in) layout: BLAS reads g_pre transposed
+            gw = k.matmul(g_pre.T, self.x)  # directly in W's (out, in) layout: read g_pre transposed
         if self.has_bias and self.needs_grad(2):
             gb = g_pre.sum(axis=0)
         return gx, gw, gb

@@ -1,0 +1,97 @@
+// Matrix product C (m, n) = A (m, k) @ B (k, n), float32 (_f32) and float64 (_f64), for the places
+// cuBLAS cannot go: CuPy refuses cuBLAS calls while a stream is being captured into a CUDA graph, so
+// a captured training step multiplies its matrices here. Outside a capture cuBLAS stays faster.
+//
+// A and B are read through element strides (row stride, column stride), so the transposed views a
+// dense layer multiplies by (x @ W.T, g.T @ x) are read in place, never copied. C is C-contiguous.
+//
+// Classic shared-memory tiling: a block of 256 threads computes a 64 x 64 tile of C, stepping
+// through k in slices of 16 that it stages in shared memory; each thread accumulates a 4 x 4 grid
+// of outputs spaced 16 apart, so a warp reads 16 consecutive B-tile columns (no bank conflicts) and
+// two A-tile rows (broadcasts). Accumulation is in T, as cuBLAS's default for each precision.
+//
+// Compiled after kernels/common.cuh, by NVRTC and by nvcc in the tests.
+
+const int GEMM_TILE_M = 64;
+const int GEMM_TILE_N = 64;
+const int GEMM_TILE_K = 16;
+const int GEMM_THREADS = 256;
+const int GEMM_SPREAD = 16;  // a thread's outputs are GEMM_SPREAD rows / columns apart
+const int GEMM_PER_THREAD = GEMM_TILE_M / GEMM_SPREAD;  // 4 x 4 outputs per thread
+
+template <typename T>
+__device__ void gemm_tiled(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ c,
+                           long long m, long long n, long long k,
+                           long long a_row_stride, long long a_col_stride,
+                           long long b_row_stride, long long b_col_stride) {
+    __shared__ T a_tile[GEMM_TILE_K][GEMM_TILE_M];
+    __shared__ T b_tile[GEMM_TILE_K][GEMM_TILE_N];
+    const int tid = threadIdx.x;
+    const int tx = tid % GEMM_SPREAD;
+    const int ty = tid / GEMM_SPREAD;
+    const long long row0 = (long long)blockIdx.y * GEMM_TILE_M;
+    const long long col0 = (long long)blockIdx.x * GEMM_TILE_N;
+
+    T acc[GEMM_PER_THREAD][GEMM_PER_THREAD];
+#pragma unroll
+    for (int i = 0; i < GEMM_PER_THREAD; ++i)
+#pragma unroll
+        for (int j = 0; j < GEMM_PER_THREAD; ++j) acc[i][j] = T(0);
+
+    for (long long k0 = 0; k0 < k; k0 += GEMM_TILE_K) {
+        // Stage A[row0:+64, k0:+16] and B[k0:+16, col0:+64], zeros past the edges. Consecutive
+        // threads take consecutive k for A and consecutive columns for B: contiguous reads when
+        // the operands are row-major.
+#pragma unroll
+        for (int r = 0; r < GEMM_TILE_M * GEMM_TILE_K / GEMM_THREADS; ++r) {
+            const int e = tid + r * GEMM_THREADS;
+            const int kk = e % GEMM_TILE_K;
+            const int row = e / GEMM_TILE_K;
+            const long long gr = row0 + row, gk = k0 + kk;
+            a_tile[kk][row] = (gr < m && gk < k) ? a[gr * a_row_stride + gk * a_col_stride] : T(0);
+        }
+#pragma unroll
+        for (int r = 0; r < GEMM_TILE_K * GEMM_TILE_N / GEMM_THREADS; ++r) {
+            const int e = tid + r * GEMM_THREADS;
+            const int col = e % GEMM_TILE_N;
+            const int kk = e / GEMM_TILE_N;
+            const long long gk = k0 + kk, gc = col0 + col;
+            b_tile[kk][col] = (gk < k && gc < n) ? b[gk * b_row_stride + gc * b_col_stride] : T(0);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < GEMM_TILE_K; ++kk) {
+            T a_frag[GEMM_PER_THREAD], b_frag[GEMM_PER_THREAD];
+#pragma unroll
+            for (int i = 0; i < GEMM_PER_THREAD; ++i) a_frag[i] = a_tile[kk][ty + i * GEMM_SPREAD];
+#pragma unroll
+            for (int j = 0; j < GEMM_PER_THREAD; ++j) b_frag[j] = b_tile[kk][tx + j * GEMM_SPREAD];
+#pragma unroll
+            for (int i = 0; i < GEMM_PER_THREAD; ++i)
+#pragma unroll
+                for (int j = 0; j < GEMM_PER_THREAD; ++j) acc[i][j] += a_frag[i] * b_frag[j];
+        }
+        __syncthreads();  // the next slice overwrites the tiles
+    }
+#pragma unroll
+    for (int i = 0; i < GEMM_PER_THREAD; ++i) {
+        const long long gr = row0 + ty + i * GEMM_SPREAD;
+        if (gr >= m) continue;
+#pragma unroll
+        for (int j = 0; j < GEMM_PER_THREAD; ++j) {
+            const long long gc = col0 + tx + j * GEMM_SPREAD;
+            if (gc < n) c[gr * n + gc] = acc[i][j];
+        }
+    }
+}
+
+#define GEMM_KERNELS(SUFFIX, T)                                                                          \
+    extern "C" __global__ void gemm_##SUFFIX(                                                          \
+            const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ c, long long m,            \
+            long long n, long long k, long long a_row_stride, long long a_col_stride,                    \
+            long long b_row_stride, long long b_col_stride) {                                            \
+        gemm_tiled<T>(a, b, c, m, n, k, a_row_stride, a_col_stride, b_row_stride, b_col_stride);         \
+    }
+
+GEMM_KERNELS(f32, float)
+GEMM_KERNELS(f64, double)
