@@ -1,6 +1,6 @@
 """tensorgrad: a small, fast tensor autograd framework on NumPy (CPU) and CuPy (NVIDIA GPU)."""
 
-from . import backend, data, nn, optim, training, viz
+from . import backend, data, graphs, nn, optim, training, viz
 from .autograd import detect_anomaly, enable_grad, grad, is_grad_enabled, no_grad
 from .backend import cuda_available, default_device, set_default_device
 from .functions import concatenate, exp, log, maximum, minimum, sigmoid, sqrt, stack, tanh, where
@@ -36,5 +36,5 @@ __all__ = [
     "no_grad", "enable_grad", "is_grad_enabled", "grad", "detect_anomaly", "gradcheck", "GradcheckError",
     "concatenate", "stack", "where", "maximum", "minimum", "exp", "log", "sqrt", "sigmoid", "tanh",
     "cuda_available", "default_device", "set_default_device", "backend", "data",
-    "nn", "optim", "save", "load", "viz", "training",
+    "nn", "optim", "save", "load", "viz", "training", "graphs",
 ]

@@ -299,6 +299,11 @@ class NumpyKernels:
         """a @ b for the ops, whose operands are already checked: BLAS."""
         return a @ b
 
+    @staticmethod
+    def capturing() -> bool:
+        """NumPy work is never recorded into a CUDA graph."""
+        return False
+
     def gemm(self, a, b, out=None):
         """a (m, k) @ b (k, n) -> C-contiguous (m, n), operands of any strides: the CUDA gemm's twin."""
         _check_gemm("gemm", a, b, out)
@@ -527,6 +532,14 @@ class CudaKernels:
                 with self._cupy.cuda.Device(self.device_id):
                     function = self._functions[name] = module.get_function(name)
         return function
+
+    def load(self, dtype) -> None:
+        """Compile and load every kernel of `dtype` now, e.g. before a CUDA graph capture, where older
+        drivers cannot load modules."""
+        suffix = _DTYPE_SUFFIX[np.dtype(dtype)]
+        for name in _SOURCE_OF_KERNEL:
+            if name.endswith(suffix):
+                self._function(name)
 
     def _blocks_for(self, work_items: int) -> int:
         return max(1, min(self._max_blocks, -(-work_items // _THREADS_PER_BLOCK)))

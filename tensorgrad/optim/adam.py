@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from .optimizer import Optimizer, grad_array
+from .optimizer import Optimizer, grad_array, refuse_capture
 
 
 class Adam(Optimizer):
@@ -63,6 +63,7 @@ class Adam(Optimizer):
                 if p.grad is None:
                     continue
                 xp, param, grad = p.xp, p.data, grad_array(p, type(self).__name__)
+                refuse_capture(p, type(self).__name__, "the bias correction changes with every step")
                 state = self.state.setdefault(p, {})
                 if not state:
                     state["step"] = 0

@@ -6,7 +6,7 @@ import copy
 
 import numpy as np
 
-from .. import autograd, backend
+from .. import autograd, backend, kernels
 from ..tensor import Tensor
 
 
@@ -163,6 +163,12 @@ class Optimizer:
             new_groups.append(group)
         self.param_groups = new_groups
         self.state = state
+
+
+def refuse_capture(p: Tensor, name: str, why: str) -> None:
+    """Raise when p's update is being recorded into a CUDA graph and `why` would make a replay wrong."""
+    if kernels.for_array(p.data).capturing():
+        raise RuntimeError(f"{name}: {why}, which a CUDA graph would freeze at its captured value")
 
 
 def grad_array(p: Tensor, name: str):

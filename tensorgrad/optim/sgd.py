@@ -15,7 +15,7 @@ a readable loop over parameters, kept beside it and held equal to it by the test
 from __future__ import annotations
 
 from .. import kernels
-from .optimizer import Optimizer, grad_array
+from .optimizer import Optimizer, grad_array, refuse_capture
 
 
 class SGD(Optimizer):
@@ -61,6 +61,9 @@ class SGD(Optimizer):
                 state = self.state.setdefault(p, {})
                 buf = state.get("momentum_buffer")
                 if buf is None:
+                    refuse_capture(p, "SGD", "a momentum buffer's first step (it starts the buffer; later "
+                                   "steps update it) would be replayed as a first step every time; take one "
+                                   "eager step first")
                     # uninitialised: the kernel's first step copies d into it
                     buf = state["momentum_buffer"] = p.xp.empty_like(p.data)
                     first = True
