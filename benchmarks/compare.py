@@ -13,7 +13,7 @@ import argparse
 import json
 from collections import defaultdict
 
-IMPLS = ("tensorgrad", "numpy", "torch", "cupy")
+IMPLS = ("tensorgrad_graph", "tensorgrad", "numpy", "torch", "cupy")
 
 
 def implementation(bench: dict) -> str:
@@ -34,7 +34,7 @@ def _format_time(seconds: float) -> str:
 
 
 def table(results: dict) -> list:
-    """Rows: (group, {impl: median seconds}, ratio vs numpy, ratio vs torch)."""
+    """Rows: (group, {impl: median seconds}, ratio vs numpy, ratio vs torch, graph ratio vs torch)."""
     groups = defaultdict(dict)
     for bench in results["benchmarks"]:
         groups[bench["group"] or bench["name"]][implementation(bench)] = bench["stats"]["median"]
@@ -44,19 +44,28 @@ def table(results: dict) -> list:
         ours = medians.get("tensorgrad")
         vs_numpy = ours / medians["numpy"] if ours and medians.get("numpy") else None
         vs_torch = ours / medians["torch"] if ours and medians.get("torch") else None
-        rows.append((group, medians, vs_numpy, vs_torch))
+        graph = medians.get("tensorgrad_graph")
+        graph_vs_torch = graph / medians["torch"] if graph and medians.get("torch") else None
+        rows.append((group, medians, vs_numpy, vs_torch, graph_vs_torch))
     return rows
 
 
 def render(results: dict) -> str:
     machine = results.get("machine_info", {})
+    rows = table(results)
+    graphs = any("tensorgrad_graph" in medians for _, medians, *_ in rows)
     lines = [f"machine: {machine.get('node', '?')} {machine.get('cpu', {}).get('brand_raw', '')}, "
              f"python {machine.get('python_version', '?')}; date {results.get('datetime', '?')}", "",
-             "| group | tensorgrad | numpy | torch | tensorgrad ÷ numpy | tensorgrad ÷ torch |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for group, medians, vs_numpy, vs_torch in table(results):
+             "| group | tensorgrad | numpy | torch | tensorgrad ÷ numpy | tensorgrad ÷ torch |"
+             + (" tensorgrad graph | graph ÷ torch |" if graphs else ""),
+             "| --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if graphs else "")]
+    for group, medians, vs_numpy, vs_torch, graph_vs_torch in rows:
         cells = [_format_time(medians[i]) if i in medians else "–" for i in ("tensorgrad", "numpy", "torch")]
         ratios = [f"{r:.2f}" if r is not None else "–" for r in (vs_numpy, vs_torch)]
+        if graphs:
+            graph = medians.get("tensorgrad_graph")
+            ratios += [_format_time(graph) if graph else "–",
+                       f"{graph_vs_torch:.2f}" if graph_vs_torch is not None else "–"]
         lines.append(f"| {group} | " + " | ".join(cells + ratios) + " |")
     peaks = [(b["group"], implementation(b), b["extra_info"]["peak_mib"])
              for b in results["benchmarks"] if "peak_mib" in b.get("extra_info", {})]

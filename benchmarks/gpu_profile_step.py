@@ -34,7 +34,8 @@ from datetime import datetime, timezone
 import numpy as np
 from workloads import WORKLOADS, TensorgradStep, TorchStep
 
-IMPLEMENTATIONS = ("tensorgrad", "torch")
+# "tensorgrad graph": the same step recorded once by tg.graphs.CapturedStep and replayed
+IMPLEMENTATIONS = ("tensorgrad", "tensorgrad graph", "torch")
 MOMENTA = (0.0, 0.9)
 DEFAULT_WORKLOADS = ("W1", "W2")
 
@@ -192,13 +193,13 @@ def case_label(result: dict) -> str:
 
 
 def gpu_time_ratios(results: list) -> dict:
-    """{(workload, momentum): tensorgrad's GPU µs/step over PyTorch's}, where both were measured."""
+    """{(workload, momentum, tensorgrad impl): its GPU µs/step over PyTorch's}, where both were measured."""
     gpu_us = {(r["workload"], r["momentum"], r["impl"]): r.get("gpu_us_per_step") for r in results}
     ratios = {}
     for workload, momentum, impl in gpu_us:
         ours, theirs = gpu_us[(workload, momentum, impl)], gpu_us.get((workload, momentum, "torch"))
-        if impl == "tensorgrad" and ours and theirs:
-            ratios[(workload, momentum)] = ours / theirs
+        if impl.startswith("tensorgrad") and ours and theirs:
+            ratios[(workload, momentum, impl)] = ours / theirs
     return ratios
 
 
@@ -223,7 +224,7 @@ def render_table(results: list) -> str:
     lines = [TABLE_HEADER, TABLE_RULE]
     for r in results:
         per_step = r.get("per_step") or {}
-        ratio = ratios.get((r["workload"], r["momentum"])) if r["impl"] == "tensorgrad" else None
+        ratio = ratios.get((r["workload"], r["momentum"], r["impl"]))
         cells = [WORKLOADS[r["workload"]].name if r["workload"] in WORKLOADS else r["workload"],
                  f"{r['momentum']:g}", r["impl"] + (" (failed)" if r.get("error") else ""),
                  *(_per_step_text(per_step.get(c)) for c in (KERNEL, MEMCPY_HTOD, MEMCPY_DTOH, MEMCPY_DTOD,
@@ -235,8 +236,8 @@ def render_table(results: list) -> str:
 
 
 def _ratio_text(ratio, impl: str) -> str:
-    if impl != "tensorgrad":
-        return ""  # the ratio belongs to the pair; one row carries it
+    if not impl.startswith("tensorgrad"):
+        return ""  # the reference row
     return "–" if ratio is None else f"{ratio:.2f}"
 
 
@@ -256,7 +257,7 @@ def render_notes(results: list) -> list:
         if per_step is None:
             continue
         host_copies = per_step.get(MEMCPY_HTOD, 0) + per_step.get(MEMCPY_DTOH, 0)
-        if r["impl"] == "tensorgrad" and host_copies:
+        if r["impl"].startswith("tensorgrad") and host_copies:
             notes.append(f"- **defect**: {label} copies between host and device inside the step: "
                          f"{_per_step_text(per_step.get(MEMCPY_HTOD, 0))} HtoD and "
                          f"{_per_step_text(per_step.get(MEMCPY_DTOH, 0))} "
@@ -302,8 +303,8 @@ def results_document(meta: dict, results: list) -> dict:
     """Everything measured, as the JSON file holds it."""
     ratios = gpu_time_ratios(results)
     return {"meta": meta, "results": results,
-            "tensorgrad_over_torch_gpu_time": [{"workload": w, "momentum": m, "ratio": ratio}
-                                               for (w, m), ratio in ratios.items()]}
+            "tensorgrad_over_torch_gpu_time": [{"workload": w, "momentum": m, "impl": impl, "ratio": ratio}
+                                               for (w, m, impl), ratio in ratios.items()]}
 
 
 # ---------------------------------------------------------------------------- measuring on the GPU
@@ -374,11 +375,14 @@ def build_step(workload: str, momentum: float, impl: str, torch):
     """A zero-argument callable running one training step on the GPU, inputs already there."""
     w = WORKLOADS[workload]
     x, y = w.batch_data()
-    if impl == "tensorgrad":
+    if impl.startswith("tensorgrad"):
         import tensorgrad as tg
 
         model = TensorgradStep(w, momentum=momentum, device="cuda")
         xt, yt = tg.tensor(x, device="cuda"), tg.tensor(y, device="cuda")
+        if impl == "tensorgrad graph":
+            captured = tg.graphs.CapturedStep(model.step, xt, yt)
+            return lambda: captured(xt, yt)
     else:
         model = TorchStep(w, torch, momentum=momentum, device="cuda")
         xt, yt = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()

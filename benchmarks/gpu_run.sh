@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
 # Everything the GPU issue needs in one device-machine call (device time is scarce):
 #   1. the GPU test suite (pytest -m gpu),
-#   2. the GPU benchmarks (training steps vs PyTorch eager, fused kernels vs CuPy expressions and a
-#      device-to-device copy), saved as pytest-benchmark JSON,
-#   3. kernel launches, copies and CPU/GPU time per training step, tensorgrad against PyTorch
-#      (gpu_profile_step.py),
-#   4. short tables printed last (the device tool returns only the tail of the output).
-# Full logs and JSON go to $OUT (the device tool brings that folder back); run from the repo root:
+#   2. each fused kernel's GB/s against a device-to-device copy at 2^26 float32, and our GEMM
+#      against cuBLAS (gpu_bandwidth.py),
+#   3. the GPU benchmarks (training steps: tensorgrad eager and as a CUDA graph vs PyTorch eager;
+#      fused kernels vs CuPy expressions), saved as pytest-benchmark JSON,
+#   4. kernel launches, copies and CPU/GPU time per training step (gpu_profile_step.py),
+#   5. the tables, gathered in summary_DATE.md and printed last (the device tool returns only the
+#      tail of the output).
+# Logs and JSON go to $OUT (the device tool brings that folder back); run from the repo root:
 #   OUT=/tmp/out bash benchmarks/gpu_run.sh
-# The device tool returns at most 8 files from $OUT; this writes 7 (the profile's log is appended to
-# gpu_bench.txt rather than given a file of its own).
+# The device tool returns at most 8 files from $OUT; this writes 7: device.txt, gpu_tests.txt,
+# gpu_bench.txt (every other log), three JSON files and the summary.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/tensorgrad-gpu}"
 mkdir -p "$out"
+tables="$(mktemp -d)"
 export PYTHONPATH=.
 stamp="$(date +%F)"
+log="$out/gpu_bench.txt"
 
 {
     echo "date: $stamp"
@@ -27,24 +31,36 @@ stamp="$(date +%F)"
 python3 -m pytest -m gpu tests -q -p no:cacheprovider > "$out/gpu_tests.txt" 2>&1
 tests_rc=$?
 
-python3 -m pytest benchmarks -m gpu --benchmark-only -q -p no:cacheprovider \
-    --benchmark-json="$out/gpu_bench_${stamp}.json" > "$out/gpu_bench.txt" 2>&1
-bench_rc=$?
-python3 benchmarks/compare.py "$out/gpu_bench_${stamp}.json" > "$out/gpu_table_${stamp}.md" 2>&1
+echo "=== benchmarks/gpu_bandwidth.py" > "$log"
+python3 benchmarks/gpu_bandwidth.py --json "$out/gpu_bandwidth_${stamp}.json" \
+    --markdown "$tables/bandwidth.md" >> "$log" 2>&1
+bandwidth_rc=$?
 
-echo "=== benchmarks/gpu_profile_step.py" >> "$out/gpu_bench.txt"
+echo "=== pytest benchmarks -m gpu" >> "$log"
+python3 -m pytest benchmarks -m gpu --benchmark-only -q -p no:cacheprovider \
+    --benchmark-json="$out/gpu_bench_${stamp}.json" >> "$log" 2>&1
+bench_rc=$?
+python3 benchmarks/compare.py "$out/gpu_bench_${stamp}.json" > "$tables/bench.md" 2>&1
+
+echo "=== benchmarks/gpu_profile_step.py" >> "$log"
 python3 benchmarks/gpu_profile_step.py --json "$out/gpu_profile_${stamp}.json" \
-    --markdown "$out/gpu_profile_${stamp}.md" >> "$out/gpu_bench.txt" 2>&1
+    --markdown "$tables/profile.md" >> "$log" 2>&1
 profile_rc=$?
 
-cat "$out/device.txt"
-echo "--- gpu tests (rc $tests_rc)"
-tail -n 15 "$out/gpu_tests.txt"
-echo "--- gpu benchmarks (rc $bench_rc)"
-cat "$out/gpu_table_${stamp}.md"
-echo "--- kernel launches and time per training step (rc $profile_rc)"
-if [ -s "$out/gpu_profile_${stamp}.md" ]; then
-    cat "$out/gpu_profile_${stamp}.md"
-else
-    tail -n 20 "$out/gpu_bench.txt"  # no table: the profile's own error is the useful part
-fi
+section() {  # title, rc, table file: the table, or the log's tail where the step left none
+    echo "## $1 (rc $2)"
+    if [ -s "$3" ]; then cat "$3"; else tail -n 20 "$log"; fi
+    echo
+}
+{
+    cat "$out/device.txt"
+    echo
+    echo "## gpu tests (rc $tests_rc)"
+    tail -n 15 "$out/gpu_tests.txt"
+    echo
+    section "fused kernel bandwidth and gemm" "$bandwidth_rc" "$tables/bandwidth.md"
+    section "benchmarks: medians and ratios" "$bench_rc" "$tables/bench.md"
+    section "kernel launches and time per training step" "$profile_rc" "$tables/profile.md"
+} > "$out/summary_${stamp}.md"
+cat "$out/summary_${stamp}.md"
+rm -rf "$tables"

@@ -184,7 +184,8 @@ def _hand_made_results():
 
 
 def test_gpu_time_ratios():
-    assert profile.gpu_time_ratios(_hand_made_results()) == {("W1", 0.0): 2.0}  # 300 / 150; W2's torch failed
+    # 300 / 150; W2's torch failed
+    assert profile.gpu_time_ratios(_hand_made_results()) == {("W1", 0.0, "tensorgrad"): 2.0}
 
 
 def test_render_table():
@@ -240,7 +241,8 @@ def test_render_markdown_ends_with_the_table():
 def test_results_document_is_json():
     document = json.loads(json.dumps(profile.results_document(_meta(), _hand_made_results())))
     assert document["meta"]["device"] == "NVIDIA H100 80GB HBM3"
-    assert document["tensorgrad_over_torch_gpu_time"] == [{"workload": "W1", "momentum": 0.0, "ratio": 2.0}]
+    expected = {"workload": "W1", "momentum": 0.0, "impl": "tensorgrad", "ratio": 2.0}
+    assert document["tensorgrad_over_torch_gpu_time"] == [expected]
     assert len(document["results"]) == 4
 
 

@@ -1,7 +1,8 @@
 """One training step (forward, loss, backward, SGD) per workload: tensorgrad beside its references.
 
 Groups put a workload's implementations side by side: tensorgrad, hand-written NumPy (the floor),
-PyTorch eager when installed; on CUDA (marker gpu) tensorgrad on CuPy beside PyTorch on the same GPU.
+PyTorch eager when installed; on CUDA (marker gpu) tensorgrad on CuPy, eager and replayed as a CUDA graph,
+beside PyTorch eager on the same GPU.
 `python benchmarks/compare.py RESULTS.json` turns a saved run into the table of medians and ratios.
 """
 
@@ -54,20 +55,23 @@ def test_step_torch(benchmark, torch, name, momentum):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("captured", [False, True], ids=["eager", "graph"])
 @pytest.mark.parametrize("name,momentum", CASES)
-def test_step_tensorgrad_cuda(benchmark, name, momentum):
+def test_step_tensorgrad_cuda(benchmark, name, momentum, captured):
+    """Eager: every op from Python. Graph: the step recorded once (tg.graphs.CapturedStep), replayed."""
     import cupy
 
     w = WORKLOADS[name]
     step = TensorgradStep(w, momentum=momentum, device="cuda")
     x, y = w.batch_data()
     xt, yt = tg.tensor(x, device="cuda"), tg.tensor(y, device="cuda")
+    run = tg.graphs.CapturedStep(step.step, xt, yt) if captured else step.step
     stream = cupy.cuda.get_current_stream()
 
     def synchronized_step():
-        step.step(xt, yt)
+        run(xt, yt)
         stream.synchronize()  # the timer must not read before the GPU is done
-    _tag(benchmark, "tensorgrad", name, momentum, "cuda")
+    _tag(benchmark, "tensorgrad_graph" if captured else "tensorgrad", name, momentum, "cuda")
     benchmark(synchronized_step)
 
 
