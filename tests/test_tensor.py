@@ -45,6 +45,51 @@ def test_dtype_argument_wins(dtype):
     assert tg.tensor(1.5, dtype=tg.int64).dtype == np.int64
 
 
+# PyTorch's result dtypes (torch.result_type with the default dtype float32), where NumPy's differ:
+# an integer tensor never turns a float32 result into float64, and integer-only arithmetic that must
+# give a float gives the default float dtype.
+RESULT_DTYPES = [
+    (lambda i, f: i * 0.5, np.float32),
+    (lambda i, f: 0.5 * i, np.float32),
+    (lambda i, f: i - 1.5, np.float32),
+    (lambda i, f: i / 2, np.float32),
+    (lambda i, f: i / i, np.float32),
+    (lambda i, f: i ** 0.5, np.float32),
+    (lambda i, f: i * f, np.float32),
+    (lambda i, f: f / i, np.float32),
+    (lambda i, f: tg.maximum(i, f), np.float32),
+    (lambda i, f: i * f.astype(tg.float64), np.float64),
+    (lambda i, f: i + 1, np.int64),
+    (lambda i, f: i * i, np.int64),
+    (lambda i, f: i.exp(), np.float32),
+    (lambda i, f: i.log(), np.float32),
+    (lambda i, f: i.sqrt(), np.float32),
+    (lambda i, f: tg.tensor([True, False]) * 1.5, np.float32),
+]
+
+
+@pytest.mark.parametrize("op, dtype", RESULT_DTYPES)
+def test_integer_operands_take_pytorchs_result_dtype(op, dtype):
+    i, f = tg.tensor([1, 4]), tg.tensor([2.0, 8.0])
+    result = op(i, f)
+    assert result.dtype == dtype
+    assert np.all(np.isfinite(result.numpy()))
+
+
+def test_integer_division_and_scaling_values():
+    i = tg.tensor([1, 4])
+    np.testing.assert_array_equal((i / 2).numpy(), [0.5, 2.0])
+    np.testing.assert_array_equal((i * 0.5).numpy(), [0.5, 2.0])
+    np.testing.assert_array_equal(i.sqrt().numpy(), [1.0, 2.0])
+
+
+def test_float_gradient_through_an_integer_operand_keeps_its_dtype():
+    f = tg.tensor([2.0, 8.0], requires_grad=True)
+    (f / tg.tensor([1, 4])).sum().backward()
+    assert f.grad.dtype == np.float32
+    np.testing.assert_allclose(f.grad.numpy(), [1.0, 0.25])
+
+
 def test_dtype_constants():
     assert tg.float32 == np.float32 and tg.float64 == np.float64
     assert tg.int64 == np.int64 and tg.bool_ == np.bool_

@@ -22,12 +22,38 @@ def _shape_text(operand) -> str:
     return str(tuple(getattr(operand, "shape", ())))
 
 
+def promoted(a, b, divides: bool = False):
+    """The operands as PyTorch would compute with them, where NumPy's promotion differs: an integer or
+    bool array meeting a float array takes that array's dtype (NumPy: float64 for int64 with
+    float32), and without a float array a Python float or a true division computes in float32, the
+    default float dtype (NumPy: float64)."""
+    a_dtype, b_dtype = getattr(a, "dtype", None), getattr(b, "dtype", None)
+    if a_dtype is b_dtype and (not divides or a_dtype.kind == "f"):
+        return a, b  # the common case, two arrays of one dtype: nothing to do
+    a_float = a_dtype is not None and a_dtype.kind == "f"
+    b_float = b_dtype is not None and b_dtype.kind == "f"
+    if (a_float and (b_float or b_dtype is None)) or (b_float and a_dtype is None):
+        return a, b  # float arrays and scalars
+    if a_float:
+        return a, b.astype(a_dtype)
+    if b_float:
+        return a.astype(b_dtype), b
+    if divides or isinstance(a, float) or isinstance(b, float):
+        return (a if a_dtype is None else a.astype(np.float32),
+                b if b_dtype is None else b.astype(np.float32))
+    return a, b
+
+
 class _Binary(Node):
     """Element-wise op of two operands (arrays or Python scalars) that broadcast."""
 
     __slots__ = ()
+    divides = False  # true division: integer operands give a float result
 
     def forward(self, a, b):
+        return self._broadcasting(*promoted(a, b, self.divides))
+
+    def _broadcasting(self, a, b):
         try:
             return self.compute(a, b)
         except ValueError:
@@ -41,8 +67,8 @@ class _SavingBinary(_Binary):
     __slots__ = ("a", "b")
 
     def forward(self, a, b):
-        self.a, self.b = a, b
-        return _Binary.forward(self, a, b)
+        self.a, self.b = a, b = promoted(a, b, self.divides)
+        return self._broadcasting(a, b)
 
     def release(self):
         Node.release(self)
@@ -93,6 +119,7 @@ class Mul(_SavingBinary):
 class Div(_SavingBinary):
     __slots__ = ()
     name = "div"
+    divides = True
 
     def compute(self, a, b):
         return a / b

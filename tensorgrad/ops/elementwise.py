@@ -9,13 +9,19 @@ from ..autograd import Node
 from ..backend import array_module
 
 
+def as_float(x):
+    """Integer and bool arrays as float32, the default float dtype (PyTorch's exp/log/sqrt of an integer
+    tensor; NumPy would give float64)."""
+    return x if x.dtype.kind == "f" else x.astype(np.float32)
+
+
 class Exp(Node):
     __slots__ = ()
     name = "exp"
 
     def forward(self, x):
         with np.errstate(over="ignore"):  # exp overflows to inf, as in PyTorch
-            return array_module(x).exp(x)
+            return array_module(x).exp(as_float(x))
 
     def backward(self, g):
         return (g * self.value,)
@@ -26,7 +32,7 @@ class Log(Node):
     name = "log"
 
     def forward(self, x):
-        self.x = x
+        self.x = x = as_float(x)
         with np.errstate(divide="ignore", invalid="ignore"):  # log(0) = -inf, log(<0) = nan
             return array_module(x).log(x)
 
@@ -45,7 +51,7 @@ class Sqrt(Node):
 
     def forward(self, x):
         with np.errstate(invalid="ignore"):
-            return array_module(x).sqrt(x)
+            return array_module(x).sqrt(as_float(x))
 
     def backward(self, g):
         with np.errstate(divide="ignore"):
