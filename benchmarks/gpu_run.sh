@@ -28,22 +28,24 @@ log="$out/gpu_bench.txt"
     python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" 2>&1
 } > "$out/device.txt"
 
-python3 -m pytest -m gpu tests -q -p no:cacheprovider > "$out/gpu_tests.txt" 2>&1
+# Each phase has its own time limit (seconds, 550 in all), so that one hang cannot eat the device
+# tool's 10 minutes and the phases after it; `timeout` exits 124 when it stops one.
+timeout 200 python3 -m pytest -m gpu tests -q -p no:cacheprovider > "$out/gpu_tests.txt" 2>&1
 tests_rc=$?
 
 echo "=== benchmarks/gpu_bandwidth.py" > "$log"
-python3 benchmarks/gpu_bandwidth.py --json "$out/gpu_bandwidth_${stamp}.json" \
+timeout 60 python3 benchmarks/gpu_bandwidth.py --json "$out/gpu_bandwidth_${stamp}.json" \
     --markdown "$tables/bandwidth.md" >> "$log" 2>&1
 bandwidth_rc=$?
 
 echo "=== pytest benchmarks -m gpu" >> "$log"
-python3 -m pytest benchmarks -m gpu --benchmark-only -q -p no:cacheprovider \
+timeout 170 python3 -m pytest benchmarks -m gpu --benchmark-only -q -p no:cacheprovider \
     --benchmark-json="$out/gpu_bench_${stamp}.json" >> "$log" 2>&1
 bench_rc=$?
 python3 benchmarks/compare.py "$out/gpu_bench_${stamp}.json" > "$tables/bench.md" 2>&1
 
 echo "=== benchmarks/gpu_profile_step.py" >> "$log"
-python3 benchmarks/gpu_profile_step.py --json "$out/gpu_profile_${stamp}.json" \
+timeout 120 python3 benchmarks/gpu_profile_step.py --json "$out/gpu_profile_${stamp}.json" \
     --markdown "$tables/profile.md" >> "$log" 2>&1
 profile_rc=$?
 
