@@ -74,10 +74,11 @@ class Node:
 
     `parents[i]` is the node that produced operand i, the leaf Tensor itself, or None when operand i
     needs no gradient (a constant, a scalar, an integer tensor). `value` is the forward output, kept
-    for drawing the graph and freed with the saved buffers after backward.
+    for drawing the graph and freed with the saved buffers after backward. `label`, set only when the
+    output tensor is given a name, is that name for the drawings.
     """
 
-    __slots__ = ("parents", "value", "grad", "freed")
+    __slots__ = ("parents", "value", "grad", "freed", "label")
     name = "op"
     # Ops whose backward reads nothing saved (add, neg, reshape...) can be differentiated again
     # after their buffers were freed, as in PyTorch.

@@ -68,7 +68,7 @@ class Tensor:
     this tensor (None for leaves); name: optional label shown in graph drawings.
     """
 
-    __slots__ = ("data", "grad", "_requires_grad", "grad_fn", "name", "__weakref__")
+    __slots__ = ("data", "grad", "_requires_grad", "grad_fn", "_name", "__weakref__")
     # Make `numpy_array + tensor` call Tensor.__radd__ instead of NumPy broadcasting over a Tensor.
     __array_priority__ = 1000
 
@@ -122,6 +122,17 @@ class Tensor:
     def requires_grad_(self, value: bool = True) -> Tensor:
         self.requires_grad = value
         return self
+
+    @property
+    def name(self):
+        """A label for graph drawings (viz); on a computed tensor it names the node that made it."""
+        return self._name
+
+    @name.setter
+    def name(self, value) -> None:
+        self._name = value
+        if self.grad_fn is not None:
+            self.grad_fn.label = value
 
     @property
     def shape(self) -> tuple:
@@ -474,7 +485,7 @@ def _wrap(data, grad_fn=None) -> Tensor:
     t.data = data
     t.grad = None
     t.grad_fn = grad_fn
-    t.name = None
+    t._name = None
     t._requires_grad = grad_fn is not None
     return t
 

@@ -169,16 +169,12 @@ def _describe(root, show, precision) -> list:
     start = _start(root)
     order = _topological(start)
     index = {id(item): i for i, item in enumerate(order)}
-    root_name = root.name if isinstance(root, Tensor) else None
     entries = []
     for item in order:
         if isinstance(item, Node):
             entries.append(_describe_node(item, index, show, precision))
         else:
             entries.append(_describe_leaf(item, show, precision))
-    if root_name is not None:
-        last = entries[-1]
-        last.header = root_name if last.leaf else f"{root_name} = {last.header}"
     return entries
 
 
@@ -201,7 +197,9 @@ def _describe_node(node, index, show, precision) -> _Entry:
             lines.append(("grad", "grad " + format_array(grad, precision)))
     if constants:
         lines.append(("note", f"+{constants} constant" + ("s" if constants > 1 else "")))
-    return _Entry(node.name, lines, parents, constants, leaf=False)
+    label = getattr(node, "label", None)  # the slot stays unset unless the output tensor was named
+    header = node.name if label is None else f"{label} = {node.name}"
+    return _Entry(header, lines, parents, constants, leaf=False)
 
 
 def _describe_leaf(tensor, show, precision) -> _Entry:

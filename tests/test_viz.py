@@ -213,6 +213,36 @@ def test_text_tree_prints_a_shared_node_once_and_refers_to_it_after():
     assert references == [w_id, w_id]
 
 
+def test_named_intermediate_tensors_label_their_nodes(capsys):
+    # the lecture's first circuit, f = (x + y) * z, with q = x + y named in between
+    x, y, z = (tg.tensor(v, requires_grad=True, name=n) for v, n in ((-2.0, "x"), (5.0, "y"), (-4.0, "z")))
+    q = x + y
+    q.name = "q"
+    f = q * z
+    f.name = "f"
+    f.backward(retain_graph=True)
+    viz.print_graph(f)
+    lines = capsys.readouterr().out.splitlines()
+    # q = 3, f = -12; df/dq = z = -4 reaches x and y, df/dz = q = 3
+    assert lines[0].endswith("f = mul  value -12  grad 1")
+    assert "q = add  value 3  grad -4" in lines[1]
+    assert lines[2].endswith("x  value -2  grad -4") and lines[3].endswith("y  value 5  grad -4")
+    assert lines[4].endswith("z  value -4  grad 3")
+    assert "<b>q = add</b>" in viz.to_dot(f)
+
+
+def test_naming_a_tensor_later_or_outside_a_graph():
+    a = tg.tensor([1.0, 2.0], requires_grad=True)
+    b = (a * 2).sum()
+    assert viz.to_dot(b).count(" = ") == 0  # nothing named yet
+    b.name = "loss"
+    assert "<b>loss = sum</b>" in viz.to_dot(b)
+    with tg.no_grad():
+        c = a * 3
+    c.name = "c"  # no node to label: a constant
+    assert c.name == "c" and c.grad_fn is None
+
+
 def test_edges_keep_operand_order():
     a = tg.tensor(1.0, requires_grad=True, name="a")
     b = tg.tensor(2.0, requires_grad=True, name="b")
