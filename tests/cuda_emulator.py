@@ -25,6 +25,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -37,6 +38,8 @@ SHIM = Path(__file__).resolve().parent / "cuda_on_cpu.h"
 MULTIPROCESSOR_COUNT = 1
 
 _KERNEL_MARKER = "__tensorgrad_emulated_kernel__"
+# A launch runs its fibers on the calling thread over one library's globals: one launch at a time.
+_LAUNCH_LOCK = threading.Lock()
 _KERNEL_SIGNATURE = re.compile(r'extern\s+"C"\s+' + _KERNEL_MARKER + r"\s+void\s+(\w+)\s*\(([^)]*)\)")
 _SCALAR_TYPES = {
     "float": np.dtype(np.float32),
@@ -196,7 +199,8 @@ class EmulatedFunction:
                   for i, (parameter, arg) in enumerate(zip(self.parameters, args))]
         pointers = (ctypes.c_void_p * max(1, len(values)))(
             *[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
-        rc = self._launcher(_dims(self.name, "grid", grid), _dims(self.name, "block", block), pointers)
+        with _LAUNCH_LOCK:
+            rc = self._launcher(_dims(self.name, "grid", grid), _dims(self.name, "block", block), pointers)
         if rc != 0:
             raise RuntimeError(f"{self.name}: {self._library.emu_last_error().decode()}")
 
