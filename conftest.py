@@ -1,8 +1,16 @@
-"""Shared by tests/ and benchmarks/: anything marked `gpu` skips cleanly where no CUDA device is usable."""
+"""Shared by tests/ and benchmarks/: anything marked `gpu` skips cleanly where no CUDA device is usable.
+
+Tensors made without `device=` go to the CPU during the tests, also on a GPU machine (where the
+default would be CUDA): the CPU tests assume NumPy arrays, and the GPU tests name their device.
+"""
+
+import os
 
 import pytest
 
-from tensorgrad import backend
+os.environ.setdefault("TENSORGRAD_DEVICE", "cpu")
+
+from tensorgrad import backend  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):

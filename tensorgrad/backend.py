@@ -115,6 +115,8 @@ def array_module(array):
         return np
     if _cupy_module is not None and isinstance(array, _cupy_module.ndarray):
         return _cupy_module
+    if is_cupy_array(array):  # a CuPy array made before tensorgrad first looked for CuPy
+        return cupy()
     raise TypeError(f"expected a numpy or cupy array, got {type(array).__name__}")
 
 

@@ -26,7 +26,9 @@ What a graph fixes at capture, and so the step must not vary between calls:
   call, as PyTorch's CUDA graphs do; copy what must outlive a step.
 Steps that cannot be replayed are refused when captured, not silently frozen: Adam (its bias
 correction changes every step), an SGD momentum buffer's first step, and anything that waits for
-the host (.item(), .numpy(), printing a tensor).
+the host (.item(), .numpy(), printing a tensor, indexing with a boolean mask). CuPy also refuses
+cuBLAS and cuRAND during a capture: 2-D matrix products run on tensorgrad's own GEMM there, but a
+batched or 1-D matmul and dropout (random masks) cannot be captured.
 """
 
 from __future__ import annotations
@@ -124,7 +126,7 @@ def _array_of(x):
 
 
 def _like(template, array):
-    return Tensor(array) if isinstance(template, Tensor) else array
+    return Tensor(array, device=backend.device_of(array)) if isinstance(template, Tensor) else array
 
 
 def _spell(signature) -> str:

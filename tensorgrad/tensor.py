@@ -344,9 +344,9 @@ class Tensor:
         if recording and (self._requires_grad or other_grad):
             return getattr(Tensor, f"__{op_name}__")(self, other)
         value = other.data if isinstance(other, Tensor) else other
-        if isinstance(other, Tensor) and type(value) is not type(self.data):
+        if _is_array(value) and type(value) is not type(self.data):
             raise RuntimeError(f"{op_name}: operands are on different devices ({self.device} and "
-                               f"{other.device})")
+                               f"{backend.device_of(value)})")
         try:
             ufunc(backend.array_module(self.data), self.data, value)
         except ValueError:
@@ -372,7 +372,11 @@ class Tensor:
         if self._requires_grad and autograd.is_grad_enabled():
             raise RuntimeError("setitem: cannot assign into a tensor that requires grad while recording; "
                                "wrap the assignment in tg.no_grad() or work on .detach()")
-        self.data[_index_data(index)] = value.data if isinstance(value, Tensor) else value
+        value = value.data if isinstance(value, Tensor) else value
+        if not isinstance(value, (int, float, bool, np.generic)) and type(value) is not type(self.data):
+            # an explicit assignment copies across devices, as PyTorch's does
+            value = backend.to_device(value if hasattr(value, "shape") else np.asarray(value), self.device)
+        self.data[_index_data(index)] = value
 
     # comparisons: bool tensors, outside the graph
     def _compare(self, other, ufunc_name):
@@ -477,6 +481,11 @@ def _operand(value, like: Tensor):
 
 
 _new = object.__new__
+
+
+def _is_array(value) -> bool:
+    """A NumPy or CuPy array (not a scalar, a NumPy scalar or a list)."""
+    return hasattr(value, "shape") and not isinstance(value, np.generic)
 
 
 def _wrap(data, grad_fn=None) -> Tensor:

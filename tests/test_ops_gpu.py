@@ -131,7 +131,7 @@ def test_gradcheck_on_cuda(cp, name):
 
 
 def test_mixing_devices_names_both(cp):
-    a = tg.ones(3)
+    a = tg.ones(3, device="cpu")
     b = tg.ones(3, device="cuda")
     for fn, op in [(lambda x, y: x + y, "add"), (lambda x, y: y * x, "mul"), (lambda x, y: x @ y, "matmul"),
                    (tg.maximum, "maximum")]:
@@ -145,8 +145,21 @@ def test_mixing_devices_names_both(cp):
         a += b
 
 
+def test_assignment_copies_host_values_and_inplace_arithmetic_refuses_them(cp):
+    g = tg.zeros(3, device="cuda")
+    g[...] = np.array([1.0, 2.0, 3.0], dtype=np.float32)
+    g[0] = tg.tensor(5.0, device="cpu")
+    g[1:] = [7.0, 8.0]
+    np.testing.assert_array_equal(g.numpy(), [5.0, 7.0, 8.0])
+    with pytest.raises(RuntimeError, match=r"add: operands are on different devices \(cuda:0 and cpu\)"):
+        g += np.ones(3, dtype=np.float32)
+    c = tg.zeros(2, device="cpu")
+    c[...] = cp.asarray([1.0, 2.0])
+    np.testing.assert_array_equal(c.numpy(), [1.0, 2.0])
+
+
 def test_device_moves_stay_in_the_graph(cp):
-    x = tg.tensor(np.array([1.0, -2.0]), requires_grad=True)
+    x = tg.tensor(np.array([1.0, -2.0]), requires_grad=True, device="cpu")
     y = x.to("cuda") * tg.tensor(np.array([3.0, 4.0]), device="cuda")
     assert y.device == CUDA
     z = y.cpu() * 2.0
