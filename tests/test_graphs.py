@@ -76,20 +76,13 @@ def test_capture_arguments_are_checked(on_the_cpu):
 # On a GPU
 
 @pytest.mark.gpu
-def test_replays_equal_eager_steps_in_float64_on_new_data_each_call():
-    # float64 so that our GEMM (inside the graph) and cuBLAS (eager) agree to rounding
-    runs = _eager_and_captured(CUDA, np.float64, _batches(5, np.float64))
-    np.testing.assert_allclose(runs["captured"][0], runs["eager"][0], rtol=1e-10)
+@pytest.mark.parametrize("dtype, rtol, atol", [(np.float64, 1e-10, 1e-12), (np.float32, 1e-4, 1e-5)])
+def test_replays_equal_eager_steps_on_new_data_each_call(dtype, rtol, atol):
+    # in float64 our GEMM (inside the graph) and cuBLAS (eager) agree to rounding
+    runs = _eager_and_captured(CUDA, dtype, _batches(5, dtype))
+    np.testing.assert_allclose(runs["captured"][0], runs["eager"][0], rtol=rtol)
     for a, b in zip(runs["captured"][1], runs["eager"][1]):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.gpu
-def test_replays_match_eager_steps_in_float32():
-    runs = _eager_and_captured(CUDA, np.float32, _batches(5, np.float32))
-    np.testing.assert_allclose(runs["captured"][0], runs["eager"][0], rtol=1e-4)
-    for a, b in zip(runs["captured"][1], runs["eager"][1]):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
 
 
 @pytest.mark.gpu
