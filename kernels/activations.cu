@@ -1,5 +1,6 @@
 // Activation kernels: forward, backward from the saved output, and the dense layer's fused
-// bias + activation epilogue. float32 (_f32) and float64 (_f64) variants of each.
+// epilogues (bias + activation forward; activation backward + bias gradient). float32 (_f32) and
+// float64 (_f64) variants of each.
 //
 // Compiled at run time by NVRTC through cupy.RawModule, and by nvcc in the test suite, so the file
 // includes no headers: the math functions used here are built into both compilers.
@@ -140,6 +141,46 @@ __device__ __forceinline__ void bias_activation_forward(const T* __restrict__ x,
     for (long long i = start; i < n; i += stride) y[i] = Act::forward(x[i] + bias[i % cols], alpha);
 }
 
+// The dense layer's backward epilogue in one pass: gx = gy * f'(y) as above, for y, gy, gx of shape
+// (rows, cols), and bias_grad[c] = sum over r of gx[r, c]. gx may be gy. Each block owns
+// BIAS_COLUMNS consecutive columns (a warp reads one row's slice: contiguous) and its
+// BIAS_ROW_LANES warps take every BIAS_ROW_LANES-th row; their partial sums meet in shared memory in
+// a fixed order, so the result is the same on every run (no atomics). Sums run in double: a thread
+// may add thousands of rows, and float32 would lose the small differences of large gradients.
+const int BIAS_COLUMNS = 32;
+const int BIAS_ROW_LANES = 8;  // blockDim.x == BIAS_COLUMNS * BIAS_ROW_LANES == 256
+
+template <typename T, class Act>
+__device__ __forceinline__ void activation_backward_bias(const T* __restrict__ y, const T* __restrict__ gy,
+                                                         T* __restrict__ gx, T* __restrict__ bias_grad,
+                                                         T alpha, long long rows, long long cols) {
+    __shared__ double partial[BIAS_ROW_LANES][BIAS_COLUMNS + 1];  // +1: a row's lanes hit distinct banks
+    const int column_lane = threadIdx.x % BIAS_COLUMNS;
+    const int row_lane = threadIdx.x / BIAS_COLUMNS;
+    const long long column_stride = (long long)gridDim.x * BIAS_COLUMNS;
+    for (long long c0 = (long long)blockIdx.x * BIAS_COLUMNS; c0 < cols; c0 += column_stride) {
+        const long long c = c0 + column_lane;
+        double sum = 0.0;
+        if (c < cols) {
+            for (long long r = row_lane; r < rows; r += BIAS_ROW_LANES) {
+                const long long i = r * cols + c;
+                const T g = gy[i] * Act::slope(y[i], alpha);
+                gx[i] = g;
+                sum += (double)g;
+            }
+        }
+        partial[row_lane][column_lane] = sum;
+        __syncthreads();
+        if (row_lane == 0 && c < cols) {
+            double total = 0.0;
+#pragma unroll
+            for (int k = 0; k < BIAS_ROW_LANES; ++k) total += partial[k][column_lane];
+            bias_grad[c] = (T)total;
+        }
+        __syncthreads();  // the next column tile reuses `partial`
+    }
+}
+
 #define ACTIVATION_KERNELS(NAME, ACT, SUFFIX, T)                                                        \
     extern "C" __global__ void activation_forward_##NAME##_##SUFFIX(                                    \
             const T* __restrict__ x, T* __restrict__ y, T alpha, long long n) {                         \
@@ -154,6 +195,11 @@ __device__ __forceinline__ void bias_activation_forward(const T* __restrict__ x,
             const T* __restrict__ x, const T* __restrict__ bias, T* __restrict__ y, T alpha,            \
             long long rows, long long cols) {                                                           \
         bias_activation_forward<T, ACT>(x, bias, y, alpha, rows, cols);                                 \
+    }                                                                                                   \
+    extern "C" __global__ void activation_backward_bias_##NAME##_##SUFFIX(                              \
+            const T* __restrict__ y, const T* __restrict__ gy, T* __restrict__ gx,                      \
+            T* __restrict__ bias_grad, T alpha, long long rows, long long cols) {                       \
+        activation_backward_bias<T, ACT>(y, gy, gx, bias_grad, alpha, rows, cols);                      \
     }
 
 ACTIVATION_KERNELS(identity, Identity, f32, float)

@@ -91,6 +91,15 @@ def _check_sgd(fn: str, param, grad, buf, momentum: float) -> None:
         _check_like(fn, "buf", buf, param.shape, param.dtype, "those of param")
 
 
+def _check_backward_bias(fn: str, kind: str, y, gy, out) -> None:
+    _check_kind(fn, kind)
+    _check_float(fn, "y", y)
+    if y.ndim != 2:
+        raise ValueError(f"{fn}: expected y of shape (N, M), got {tuple(y.shape)}")
+    _check_like(fn, "gy", gy, y.shape, y.dtype, "those of y")
+    _check_out(fn, out, y, "y")
+
+
 def _check_gemm(fn: str, a, b, out) -> None:
     """a (m, k) @ b (k, n) of one float dtype, any strides; out, if given, C-contiguous (m, n)."""
     for name, operand in (("a", a), ("b", b)):
@@ -238,6 +247,13 @@ class NumpyKernels:
         y = np.add(x, bias, out=_check_out(fn, out, x, "x"))
         self._activate(kind, y, alpha, y)
         return y
+
+    def activation_backward_bias(self, kind: str, y, gy, alpha: float = 0.0, out=None):
+        """(gx, bias_grad): gx = gy * f'(x) from the saved output y, and bias_grad = gx summed over rows,
+        the dense layer's backward epilogue. y, gy, out: (N, M); bias_grad: (M,). out may be gy."""
+        _check_backward_bias("activation_backward_bias", kind, y, gy, out)
+        gx = self.activation_backward(kind, y, gy, alpha, out=out)
+        return gx, gx.sum(axis=0)
 
     # -- softmax cross-entropy --------------------------------------------------------------
 
@@ -454,7 +470,7 @@ def _both_dtypes(*stems: str) -> tuple[str, ...]:
 KERNEL_SOURCES = {
     "activations.cu": _both_dtypes(*(f"{family}_{kind}"
                                      for family in ("activation_forward", "activation_backward",
-                                                    "bias_activation_forward")
+                                                    "bias_activation_forward", "activation_backward_bias")
                                      for kind in ACTIVATIONS)),
     "softmax_cross_entropy.cu": _both_dtypes("softmax_cross_entropy_forward", "sum_divided",
                                              "softmax_cross_entropy_backward"),
@@ -465,6 +481,7 @@ _SOURCE_OF_KERNEL = {name: source for source, names in KERNEL_SOURCES.items() fo
 
 _THREADS_PER_BLOCK = 256
 _ROWS_PER_BLOCK = _THREADS_PER_BLOCK // 32  # the softmax kernels give each row one warp
+_BIAS_COLUMNS = 32  # kernels/activations.cu: columns per block of activation_backward_bias
 _GEMM_TILE = 64  # kernels/gemm.cu: each block of _THREADS_PER_BLOCK threads computes a 64 x 64 tile
 # Grid-stride loops need only enough blocks to fill the GPU; more just adds scheduling work.
 _BLOCKS_PER_SM = 32
@@ -586,6 +603,20 @@ class CudaKernels:
             self._launch_elementwise(f"bias_activation_forward_{kind}", x.dtype, x.size,
                                      (x, bias, y, x.dtype.type(alpha), np.int64(rows), np.int64(cols)))
         return y
+
+    def activation_backward_bias(self, kind: str, y, gy, alpha: float = 0.0, out=None):
+        """(gx, bias_grad) as NumpyKernels.activation_backward_bias, in one launch instead of a backward
+        kernel and a column reduction."""
+        _check_backward_bias("activation_backward_bias", kind, y, gy, out)
+        gx = self._cupy.empty_like(y) if out is None else out
+        rows, cols = y.shape
+        bias_grad = self._cupy.empty(cols, dtype=y.dtype)
+        if cols:  # rows == 0 still writes the zero sums
+            blocks = max(1, min(self._max_blocks, -(-cols // _BIAS_COLUMNS)))
+            self._function(f"activation_backward_bias_{kind}_{_DTYPE_SUFFIX[y.dtype]}")(
+                (blocks,), (_THREADS_PER_BLOCK,),
+                (y, gy, gx, bias_grad, y.dtype.type(alpha), np.int64(rows), np.int64(cols)))
+        return gx, bias_grad
 
     # -- softmax cross-entropy --------------------------------------------------------------
 

@@ -137,9 +137,13 @@ inline int run_block(int threads) {
         makecontext(&fiber.context, fiber_main, 0);
     }
     int live = threads;
-    while (live > 0) {
+    // Sweeps alternate direction: after a barrier the highest-numbered threads run on first half of
+    // the time, so a missing barrier that lets them overwrite what lower ones still read shows up
+    // (one fixed order would always favour the same side of such a race).
+    for (bool forward = true; live > 0; forward = !forward) {
         bool progressed = false;
-        for (int t = 0; t < threads; ++t) {
+        for (int i = 0; i < threads; ++i) {
+            const int t = forward ? i : threads - 1 - i;
             if (!runnable(fibers[t])) continue;
             current = &fibers[t];
             swapcontext(&scheduler, &current->context);

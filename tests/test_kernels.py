@@ -196,6 +196,21 @@ def test_activation_backward_from_saved_output_matches_derivative(kind, dtype):
     np.testing.assert_allclose(gx, expected, rtol=rtol, atol=atol)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", kernels.ACTIVATIONS)
+def test_activation_backward_bias_sums_the_gradient_over_rows(kind, dtype):
+    x = sample((7, 5), dtype)
+    gy = sample(x.shape, dtype, scale=1.0, seed=1)
+    y = TWINS.activation_forward(kind, x, alpha_of(kind))
+    gx, bias_grad = TWINS.activation_backward_bias(kind, y, gy, alpha_of(kind))
+    expected = gy.astype(np.float64) * reference(DERIVATIVE, kind, x, alpha_of(kind))
+    rtol, atol = (2e-5, 1e-5) if dtype == np.float32 else (1e-12, 1e-13)
+    np.testing.assert_allclose(gx, expected, rtol=rtol, atol=atol)
+    column_sums = [math.fsum(expected[:, c]) for c in range(x.shape[1])]
+    np.testing.assert_allclose(bias_grad, column_sums, rtol=rtol, atol=atol)
+    assert bias_grad.dtype == dtype and bias_grad.shape == (5,)
+
+
 @pytest.mark.parametrize("kind", kernels.ACTIVATIONS)
 def test_activation_backward_matches_finite_differences(kind):
     x = sample((300,), np.float64)
@@ -571,6 +586,9 @@ SHAPES_2D = ([(3, s) for s in SIZES] + [(s, 3) for s in SIZES[1:]] + [(5, 4), (3
 # The emulator runs a warp's shuffles as fiber switches, about a millisecond per softmax row; the
 # row-stride loop is already taken at 1025 rows (its grid covers 8 rows per block, 32 blocks).
 EMULATED_MAX_SOFTMAX_ROWS = 4096
+# activation_backward_bias meets at two barriers per 32 columns; a few thousand columns cover its
+# column-stride loop (32 blocks of 32 columns).
+EMULATED_MAX_BIAS_COLUMNS = 4096
 
 
 @pytest.fixture(params=[pytest.param("cuda", marks=pytest.mark.gpu),
@@ -670,6 +688,31 @@ def test_gpu_bias_activation_matches_twin(cp, gpu, kind, dtype, shape):
     np.testing.assert_allclose(y.get(), expected, **gpu_tolerance(dtype))
     assert gpu.bias_activation_forward(kind, x, bias, alpha_of(kind), out=x) is x
     np.testing.assert_allclose(x.get(), expected, **gpu_tolerance(dtype))
+
+
+@pytest.mark.parametrize("shape", SHAPES_2D + [(0, 6)])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", kernels.ACTIVATIONS)
+def test_gpu_activation_backward_bias_matches_twin(cp, gpu, kind, dtype, shape):
+    if cp is _emulated_cupy() and shape[1] > EMULATED_MAX_BIAS_COLUMNS:
+        pytest.skip(f"{shape[1]} columns would take minutes in the emulator; a GPU runs this shape")
+    x_host = sample(shape, dtype)
+    y_host = TWINS.activation_forward(kind, x_host, alpha_of(kind))
+    gy, gy_host = device_sample(cp, shape, dtype, scale=1.0, seed=1)
+    y = cp.asarray(y_host)
+    poison_pool(cp, [shape[1:]], dtype)
+    gx = poisoned(cp, shape, dtype)
+    assert gpu.activation_backward_bias(kind, y, gy, alpha_of(kind), out=gx)[0] is gx
+    expected_gx, _ = TWINS.activation_backward_bias(kind, y_host, gy_host, alpha_of(kind))
+    _, bias_grad = gpu.activation_backward_bias(kind, y, gy, alpha_of(kind), out=gy)  # in place
+    np.testing.assert_allclose(gx.get(), expected_gx, **gpu_tolerance(dtype))
+    np.testing.assert_allclose(gy.get(), expected_gx, **gpu_tolerance(dtype))
+    # the kernel sums in double: against exact float64 sums of the twin's gradient, not against the
+    # twin's own float32 sums, which drift by about sqrt(rows) ulps
+    exact = expected_gx.astype(np.float64).sum(axis=0)
+    magnitude = np.abs(expected_gx).astype(np.float64).sum(axis=0) + 1
+    relative = 1e-6 if dtype == np.float32 else 1e-12
+    assert np.all(np.abs(bias_grad.get() - exact) <= relative * magnitude)
 
 
 def poison_pool(cp, shapes, dtype):

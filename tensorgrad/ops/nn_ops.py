@@ -100,20 +100,24 @@ class Linear(Node):
         out_features = g.shape[-1]
         g2 = _contiguous(_as_dtype(g.reshape(-1, out_features), self.value.dtype))
         k = kernels.for_array(g2)
-        if self.kind == "identity":
+        gb = None
+        if self.has_bias and self.needs_grad(2):
+            # one pass for f' and the bias gradient; an identity layer's g_pre is g2's own values, so
+            # writing them back into g2 changes nothing even where g2 is shared with another consumer
+            y2 = self.value.reshape(-1, out_features)
+            g_pre, gb = k.activation_backward_bias(self.kind, y2, g2, self.alpha,
+                                                   out=g2 if self.kind == "identity" else None)
+        elif self.kind == "identity":
             g_pre = g2
         else:
-            y2 = self.value.reshape(-1, out_features)
-            g_pre = k.activation_backward(self.kind, y2, g2, self.alpha)
-        gx = gw = gb = None
+            g_pre = k.activation_backward(self.kind, self.value.reshape(-1, out_features), g2, self.alpha)
+        gx = gw = None
         if self.needs_grad(0):
             gx = k.matmul(g_pre, self.weight)
             if gx.shape != self.in_shape:
                 gx = gx.reshape(self.in_shape)
         if self.needs_grad(1):
             gw = k.matmul(g_pre.T, self.x)  # directly in W's (out, in) layout: read g_pre transposed
-        if self.has_bias and self.needs_grad(2):
-            gb = g_pre.sum(axis=0)
         return gx, gw, gb
 
     def release(self):
