@@ -57,6 +57,8 @@ def cases(xp, k, n: int):
     bias = xp.asarray(rng.standard_normal(COLUMNS, dtype=np.float32))
     out.append(("bias_activation_forward relu", 2 * unit + 4 * COLUMNS,
                 lambda: k.bias_activation_forward("relu", x2, bias, out=y2)))
+    out.append(("activation_backward_bias relu", 3 * unit + 4 * COLUMNS,
+                lambda: k.activation_backward_bias("relu", y2, x2, out=g2)))
     target = xp.asarray(rng.integers(0, COLUMNS, rows))
     lse = k.softmax_cross_entropy_forward(x2, target, "mean")[1]
     one = xp.ones((), dtype=np.float32)

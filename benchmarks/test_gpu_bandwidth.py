@@ -16,7 +16,7 @@ def test_cpu_smoke_run_writes_every_case(tmp_path):
                                "--json", str(out), "--markdown", str(tmp_path / "table.md")]) == 0
     results = json.loads(out.read_text())
     names = [row["kernel"] for row in results["bandwidth"]["kernels"]]
-    assert len(names) == 2 * len(kernels.ACTIVATIONS) + 5 and len(set(names)) == len(names)
+    assert len(names) == 2 * len(kernels.ACTIVATIONS) + 6 and len(set(names)) == len(names)
     assert len(results["gemm"]) == len(gpu_bandwidth.GEMM_SHAPES)
     table = (tmp_path / "table.md").read_text()
     assert "| activation_forward relu | 32768 |" in table and "| (256, 784, 512) |" in table
@@ -30,6 +30,7 @@ def test_bytes_moved_by_hand():
     assert moved["activation_forward sigmoid"] == 2 * f32            # x in, y out
     assert moved["activation_backward elu"] == 3 * f32               # y, gy in; gx out
     assert moved["bias_activation_forward relu"] == 2 * f32 + 4 * 1024
+    assert moved["activation_backward_bias relu"] == 3 * f32 + 4 * 1024  # y, gy in; gx, bias_grad out
     assert moved["softmax_cross_entropy_forward"] == f32 + 4 * 20     # 4 rows: int64 target, 3 floats
     assert moved["softmax_cross_entropy_backward"] == 2 * f32 + 4 * 12
     assert moved["sgd_update"] == 3 * f32 and moved["sgd_update momentum"] == 5 * f32
