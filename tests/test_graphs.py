@@ -135,3 +135,75 @@ def test_inputs_must_match_the_captured_ones():
     with pytest.raises(RuntimeError, match="runs on cuda:0, got an input on cpu"):
         step(tg.tensor(x, device="cpu"), tg.tensor(y, device=CUDA))
     assert backend.device_of(step.inputs[0].data) == CUDA
+
+
+# ---------------------------------------------------------------------------------------------
+# The capture's bookkeeping, against a stand-in for CuPy's stream and allocator (no GPU needed):
+# every allocation made while recording is kept, and a failed recording still ends the capture.
+
+class _FakeCupy:
+    def __init__(self):
+        self.events, self.allocator = [], None
+        fake = self
+
+        class Stream:
+            def __init__(self, non_blocking=False):
+                assert non_blocking  # a capture needs a stream that does not sync with the default one
+
+            def __enter__(self):
+                fake.events.append("enter")
+
+            def __exit__(self, *exc):
+                fake.events.append("exit")
+
+            def begin_capture(self):
+                fake.events.append("begin")
+
+            def end_capture(self):
+                fake.events.append("end")
+                return "graph"
+
+        class Pool:
+            def malloc(self, size):
+                return f"block of {size}"
+
+        def using_allocator(allocator):
+            fake.allocator = allocator
+            return _Nothing()
+
+        self.cuda = type("cuda", (), {"Stream": Stream, "using_allocator": staticmethod(using_allocator)})
+        self.get_default_memory_pool = Pool
+
+
+class _Nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_capture_keeps_every_buffer_it_allocated():
+    cp = _FakeCupy()
+
+    def step(x):
+        cp.allocator(64), cp.allocator(128)  # what CuPy does for each array made while recording
+        return x * 2
+
+    graph, output, memory = tg.graphs._capture(cp, step, (21,))
+    assert (graph, output) == ("graph", 42)
+    assert memory == ["block of 64", "block of 128"]
+    assert cp.events == ["enter", "begin", "end", "exit"]
+
+
+def test_a_failed_recording_ends_the_capture_and_says_why():
+    cp = _FakeCupy()
+
+    def step():
+        raise RuntimeError("cudaErrorStreamCaptureUnsupported")
+
+    with pytest.raises(RuntimeError, match="could not be recorded as a CUDA graph: "
+                                           "cudaErrorStreamCaptureUnsupported") as info:
+        tg.graphs._capture(cp, step, ())
+    assert cp.events == ["enter", "begin", "end", "exit"]
+    assert isinstance(info.value.__cause__, RuntimeError)
