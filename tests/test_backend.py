@@ -154,6 +154,16 @@ def test_array_module_and_device_of():
     assert backend.to_device(a, "cpu") is a
 
 
+def test_a_cupy_array_made_before_the_first_probe_finds_its_module(fresh):
+    # tg.tensor(cupy_array) skips the probe (its data is already on the GPU); array_module must
+    # still find CuPy instead of calling the array unknown
+    cupy = _fake_cupy(lambda: True)
+    cupy.ndarray.__module__ = "cupy._core.core"
+    fresh.setitem(sys.modules, "cupy", cupy)
+    backend._reset_probe_for_tests()
+    assert backend.array_module(cupy.ndarray()) is cupy
+
+
 def test_import_does_not_import_cupy():
     code = "import sys, tensorgrad; print('cupy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
