@@ -10,6 +10,11 @@
 // of outputs spaced 16 apart, so a warp reads 16 consecutive B-tile columns (no bank conflicts) and
 // two A-tile rows (broadcasts). Accumulation is in T, as cuBLAS's default for each precision.
 //
+// Split-k: a small-batch layer has few 64 x 64 tiles (x @ W.T for 64 x 784 @ 784 x 128 has two),
+// which would leave all but two SMs idle through a long k loop. gridDim.z blocks then share each
+// tile, block z summing the k range [z * k_per_split, (z + 1) * k_per_split) into its own slice
+// c + z * m * n of a workspace, and gemm_sum_splits adds the slices in order (deterministic).
+//
 // Compiled after kernels/common.cuh, by NVRTC and by nvcc in the tests.
 
 const int GEMM_TILE_M = 64;
@@ -21,7 +26,7 @@ const int GEMM_PER_THREAD = GEMM_TILE_M / GEMM_SPREAD;  // 4 x 4 outputs per thr
 
 template <typename T>
 __device__ void gemm_tiled(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ c,
-                           long long m, long long n, long long k,
+                           long long m, long long n, long long k, long long k_per_split,
                            long long a_row_stride, long long a_col_stride,
                            long long b_row_stride, long long b_col_stride) {
     __shared__ T a_tile[GEMM_TILE_K][GEMM_TILE_M];
@@ -31,6 +36,9 @@ __device__ void gemm_tiled(const T* __restrict__ a, const T* __restrict__ b, T* 
     const int ty = tid / GEMM_SPREAD;
     const long long row0 = (long long)blockIdx.y * GEMM_TILE_M;
     const long long col0 = (long long)blockIdx.x * GEMM_TILE_N;
+    const long long k_begin = (long long)blockIdx.z * k_per_split;
+    const long long k_end = k_begin + k_per_split < k ? k_begin + k_per_split : k;
+    c += (long long)blockIdx.z * m * n;
 
     T acc[GEMM_PER_THREAD][GEMM_PER_THREAD];
 #pragma unroll
@@ -38,7 +46,7 @@ __device__ void gemm_tiled(const T* __restrict__ a, const T* __restrict__ b, T* 
 #pragma unroll
         for (int j = 0; j < GEMM_PER_THREAD; ++j) acc[i][j] = T(0);
 
-    for (long long k0 = 0; k0 < k; k0 += GEMM_TILE_K) {
+    for (long long k0 = k_begin; k0 < k_end; k0 += GEMM_TILE_K) {
         // Stage A[row0:+64, k0:+16] and B[k0:+16, col0:+64], zeros past the edges. Consecutive
         // threads take consecutive k for A and consecutive columns for B: contiguous reads when
         // the operands are row-major.
@@ -48,7 +56,7 @@ __device__ void gemm_tiled(const T* __restrict__ a, const T* __restrict__ b, T* 
             const int kk = e % GEMM_TILE_K;
             const int row = e / GEMM_TILE_K;
             const long long gr = row0 + row, gk = k0 + kk;
-            a_tile[kk][row] = (gr < m && gk < k) ? a[gr * a_row_stride + gk * a_col_stride] : T(0);
+            a_tile[kk][row] = (gr < m && gk < k_end) ? a[gr * a_row_stride + gk * a_col_stride] : T(0);
         }
 #pragma unroll
         for (int r = 0; r < GEMM_TILE_K * GEMM_TILE_N / GEMM_THREADS; ++r) {
@@ -56,7 +64,7 @@ __device__ void gemm_tiled(const T* __restrict__ a, const T* __restrict__ b, T* 
             const int col = e % GEMM_TILE_N;
             const int kk = e / GEMM_TILE_N;
             const long long gk = k0 + kk, gc = col0 + col;
-            b_tile[kk][col] = (gk < k && gc < n) ? b[gk * b_row_stride + gc * b_col_stride] : T(0);
+            b_tile[kk][col] = (gk < k_end && gc < n) ? b[gk * b_row_stride + gc * b_col_stride] : T(0);
         }
         __syncthreads();
 #pragma unroll
@@ -85,12 +93,29 @@ __device__ void gemm_tiled(const T* __restrict__ a, const T* __restrict__ b, T* 
     }
 }
 
+// c[i] = sum over z of partials[z * size + i], for z = 0 .. splits - 1 in order.
+template <typename T>
+__device__ void gemm_sum_splits(const T* __restrict__ partials, T* __restrict__ c, int splits,
+                                long long size) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < size; i += stride) {
+        T total = partials[i];
+        for (int z = 1; z < splits; ++z) total += partials[z * size + i];
+        c[i] = total;
+    }
+}
+
 #define GEMM_KERNELS(SUFFIX, T)                                                                          \
     extern "C" __global__ void gemm_##SUFFIX(                                                          \
             const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ c, long long m,            \
-            long long n, long long k, long long a_row_stride, long long a_col_stride,                    \
-            long long b_row_stride, long long b_col_stride) {                                            \
-        gemm_tiled<T>(a, b, c, m, n, k, a_row_stride, a_col_stride, b_row_stride, b_col_stride);         \
+            long long n, long long k, long long k_per_split, long long a_row_stride,                     \
+            long long a_col_stride, long long b_row_stride, long long b_col_stride) {                    \
+        gemm_tiled<T>(a, b, c, m, n, k, k_per_split, a_row_stride, a_col_stride, b_row_stride,           \
+                      b_col_stride);                                                                     \
+    }                                                                                                    \
+    extern "C" __global__ void gemm_sum_splits_##SUFFIX(                                                 \
+            const T* __restrict__ partials, T* __restrict__ c, int splits, long long size) {             \
+        gemm_sum_splits<T>(partials, c, splits, size);                                                   \
     }
 
 GEMM_KERNELS(f32, float)

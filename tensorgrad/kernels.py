@@ -475,7 +475,7 @@ KERNEL_SOURCES = {
     "softmax_cross_entropy.cu": _both_dtypes("softmax_cross_entropy_forward", "sum_divided",
                                              "softmax_cross_entropy_backward"),
     "sgd.cu": _both_dtypes("sgd_update", "sgd_update_multi"),
-    "gemm.cu": _both_dtypes("gemm"),
+    "gemm.cu": _both_dtypes("gemm", "gemm_sum_splits"),
 }
 _SOURCE_OF_KERNEL = {name: source for source, names in KERNEL_SOURCES.items() for name in names}
 
@@ -483,6 +483,9 @@ _THREADS_PER_BLOCK = 256
 _ROWS_PER_BLOCK = _THREADS_PER_BLOCK // 32  # the softmax kernels give each row one warp
 _BIAS_COLUMNS = 32  # kernels/activations.cu: columns per block of activation_backward_bias
 _GEMM_TILE = 64  # kernels/gemm.cu: each block of _THREADS_PER_BLOCK threads computes a 64 x 64 tile
+_GEMM_TILE_K = 16  # ... stepping through k 16 at a time
+_GEMM_MIN_K_PER_SPLIT = 128
+_GEMM_MAX_SPLITS = 16
 # Grid-stride loops need only enough blocks to fill the GPU; more just adds scheduling work.
 _BLOCKS_PER_SM = 32
 _MAX_GRID_Y = 65535
@@ -532,7 +535,8 @@ class CudaKernels:
         self._functions: dict[str, object] = {}
         self._lock = threading.Lock()
         with cp.cuda.Device(device_id) as device:
-            self._max_blocks = device.attributes["MultiProcessorCount"] * _BLOCKS_PER_SM
+            self._sm_count = device.attributes["MultiProcessorCount"]
+        self._max_blocks = self._sm_count * _BLOCKS_PER_SM
 
     def __repr__(self) -> str:
         return f"CudaKernels(device_id={self.device_id})"
@@ -674,20 +678,38 @@ class CudaKernels:
         return self._cupy.cuda.get_current_stream().is_capturing()
 
     def gemm(self, a, b, out=None):
-        """a (m, k) @ b (k, n) -> C-contiguous (m, n) in one launch of kernels/gemm.cu; a and b are read
-        through their strides, so transposed views cost no copy."""
+        """a (m, k) @ b (k, n) -> C-contiguous (m, n) with kernels/gemm.cu; a and b are read through
+        their strides, so transposed views cost no copy. When the output has too few 64 x 64 tiles
+        to occupy the GPU, k is split across blocks and a second launch adds the partial products."""
         fn = "gemm"
         _check_gemm(fn, a, b, out)
         (m, k), n = a.shape, b.shape[1]
         c = self._cupy.empty((m, n), dtype=a.dtype) if out is None else out
-        grid = (-(-n // _GEMM_TILE), -(-m // _GEMM_TILE))
-        if grid[1] > _MAX_GRID_Y:
+        grid_x, grid_y = -(-n // _GEMM_TILE), -(-m // _GEMM_TILE)
+        if grid_y > _MAX_GRID_Y:
             raise ValueError(f"{fn}: a has {m} rows; the kernel takes at most {_MAX_GRID_Y * _GEMM_TILE}")
-        if c.size:
-            strides = (np.int64(s // a.dtype.itemsize) for s in a.strides + b.strides)
-            self._function(f"gemm_{_DTYPE_SUFFIX[a.dtype]}")(
-                grid, (_THREADS_PER_BLOCK,), (a, b, c, np.int64(m), np.int64(n), np.int64(k), *strides))
+        if not c.size:
+            return c
+        splits = self._gemm_splits(grid_x * grid_y, k)
+        # each split a whole number of the kernel's 16-deep k slices
+        k_per_split = max(1, -(-k // (splits * _GEMM_TILE_K)) * _GEMM_TILE_K)
+        splits = max(1, -(-k // k_per_split))
+        target = c if splits == 1 else self._cupy.empty((splits, m, n), dtype=a.dtype)
+        suffix = _DTYPE_SUFFIX[a.dtype]
+        strides = (np.int64(s // a.dtype.itemsize) for s in a.strides + b.strides)
+        self._function(f"gemm_{suffix}")(
+            (grid_x, grid_y, splits), (_THREADS_PER_BLOCK,),
+            (a, b, target, np.int64(m), np.int64(n), np.int64(k), np.int64(k_per_split), *strides))
+        if splits > 1:
+            self._function(f"gemm_sum_splits_{suffix}")((self._blocks_for(c.size),), (_THREADS_PER_BLOCK,),
+                                                         (target, c, np.int32(splits), np.int64(c.size)))
         return c
+
+    def _gemm_splits(self, tiles: int, k: int) -> int:
+        """How many blocks share each output tile: enough for two blocks per SM, each with at least
+        _GEMM_MIN_K_PER_SPLIT of k to sum."""
+        wanted = -(-2 * self._sm_count // tiles)
+        return max(1, min(wanted, k // _GEMM_MIN_K_PER_SPLIT, _GEMM_MAX_SPLITS))
 
     # -- SGD --------------------------------------------------------------------------------
 

@@ -812,7 +812,9 @@ def test_gpu_fused_reference_sgd_agree_on_device(cp, gpu):
     np.testing.assert_allclose(fused.get(), ref.get(), rtol=1e-13)
 
 
-GEMM_SHAPES = [(1, 1, 1), (64, 16, 64), (65, 17, 130), (3, 200, 5), (130, 33, 1), (4, 0, 3), (0, 5, 2)]
+# (5, 600, 7) and (70, 2000, 3) have one or two output tiles and a long k: split across blocks
+GEMM_SHAPES = [(1, 1, 1), (64, 16, 64), (65, 17, 130), (3, 200, 5), (130, 33, 1), (4, 0, 3), (0, 5, 2),
+               (5, 600, 7), (70, 2000, 3)]
 
 
 def gemm_reference(a, b):
