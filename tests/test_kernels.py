@@ -54,13 +54,18 @@ def _compiled_text(source: Path, out_dir: Path) -> Path:
 
 
 @cache
-def _cubin(source: Path, arch: str, out_dir: Path) -> bytes:
+def _nvcc(source: Path, arch: str, out_dir: Path) -> tuple[bytes, str]:
+    """(cubin, ptxas's resource report) for one source and architecture."""
     target = out_dir / f"{source.stem}.{arch}.cubin"
     text = _compiled_text(source, out_dir)
-    result = subprocess.run(["nvcc", f"-arch={arch}", "-cubin", "-o", str(target), str(text)],
-                            capture_output=True, text=True, timeout=300)
+    command = ["nvcc", f"-arch={arch}", "-cubin", "-Xptxas", "-v", "-o", str(target), str(text)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"nvcc -arch={arch} failed on {source.name}:\n{result.stderr}"
-    return target.read_bytes()
+    return target.read_bytes(), result.stderr
+
+
+def _cubin(source: Path, arch: str, out_dir: Path) -> bytes:
+    return _nvcc(source, arch, out_dir)[0]
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +102,17 @@ def test_every_cuda_source_is_in_the_launch_table():
 @pytest.mark.parametrize("source", CUDA_SOURCES, ids=lambda p: p.name)
 def test_cuda_source_compiles_with_nvcc(source, arch, cubin_dir):
     assert _cubin(source, arch, cubin_dir).startswith(b"\x7fELF")
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", ARCHES)
+@pytest.mark.parametrize("source", CUDA_SOURCES, ids=lambda p: p.name)
+def test_no_kernel_spills_registers_to_local_memory(source, arch, cubin_dir):
+    # a spill turns register traffic into memory traffic: a memory-bound kernel loses its bandwidth
+    report = _nvcc(source, arch, cubin_dir)[1]
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
+    assert spills, f"ptxas printed no resource report for {source.name}:\n{report}"
+    assert all(stores == loads == "0" for stores, loads in spills), report
 
 
 @needs_nvcc
