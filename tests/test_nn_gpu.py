@@ -1,6 +1,6 @@
 """nn, functional, optim and save/load on CUDA (CuPy) against the same code on the CPU (NumPy): a full MLP
 training step, SGD (fused multi-tensor kernel) and Adam, every loss and activation, and a training step that
-makes no host<->device transfer.
+makes no host<->device transfer (either way).
 
 Marked `gpu`: skipped wherever CuPy or a CUDA device is missing (see conftest.py).
 """
@@ -140,11 +140,23 @@ def test_a_training_step_makes_no_host_device_transfer(cp, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("device -> host transfer during a training step")
 
+    def only_device_arrays(convert):
+        def checked(a, *args, **kwargs):
+            if not isinstance(a, cp.ndarray):
+                raise AssertionError(f"host -> device transfer during a training step ({type(a).__name__})")
+            return convert(a, *args, **kwargs)
+        return checked
+
     monkeypatch.setattr(cp.ndarray, "get", forbidden)
     monkeypatch.setattr(cp.ndarray, "__array__", forbidden)
+    monkeypatch.setattr(cp.ndarray, "set", forbidden)
     monkeypatch.setattr(cp, "asnumpy", forbidden)
-    with pytest.raises(AssertionError, match="transfer"):  # the trap is armed
+    monkeypatch.setattr(cp, "asarray", only_device_arrays(cp.asarray))
+    monkeypatch.setattr(cp, "array", only_device_arrays(cp.array))
+    with pytest.raises(AssertionError, match="transfer"):  # the traps are armed
         cp.zeros(1).get()
+    with pytest.raises(AssertionError, match="host -> device"):
+        cp.asarray(np.zeros(1))
     for _ in range(2):
         loss = _step(model, opt, x, y)
     monkeypatch.undo()
