@@ -13,7 +13,8 @@ the CPU, threads as fibers) and one generated launcher per `extern "C" __global_
 are checked as strictly as a GPU would be, and stricter where a GPU would silently misbehave: every
 scalar argument must be a NumPy scalar of exactly the parameter's C type (CuPy passes a float64 for
 a `float` parameter as 8 bytes), every pointer argument a device array of the pointee's dtype (or an
-8-byte integer, the raw address), and the grid and block within CUDA's limits.
+8-byte integer, the raw address), every struct a NumPy structured scalar of the struct's exact size,
+and the grid and block within CUDA's limits.
 """
 
 from __future__ import annotations
