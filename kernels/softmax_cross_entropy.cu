@@ -28,6 +28,21 @@ template <> __device__ __forceinline__ double quiet_nan<double>() {
 
 const unsigned FULL_WARP = 0xffffffffu;
 
+// One warp per row: this thread's lane, its warp's first row, and the step to the warp's next row.
+struct WarpRows {
+    int lane;
+    long long first, stride;
+};
+
+__device__ __forceinline__ WarpRows warp_rows() {
+    const long long warps_per_block = blockDim.x >> 5;
+    WarpRows mine;
+    mine.lane = threadIdx.x & 31;
+    mine.first = blockIdx.x * warps_per_block + (threadIdx.x >> 5);
+    mine.stride = gridDim.x * warps_per_block;
+    return mine;
+}
+
 // Add one logit to a running (max, sum of exp(v - max)).
 template <typename T>
 __device__ __forceinline__ void lse_push(T v, T& running_max, T& running_sum) {
@@ -52,13 +67,11 @@ __device__ void softmax_cross_entropy_forward(const T* __restrict__ logits, cons
                                               long long rows, long long cols) {
     typedef typename Vec16<T>::type V;
     const int W = Vec16<T>::width;
-    const int lane = threadIdx.x & 31;
-    const long long warps_per_block = blockDim.x >> 5;
-    const long long first_row = blockIdx.x * warps_per_block + (threadIdx.x >> 5);
-    const long long row_stride = gridDim.x * warps_per_block;
+    const WarpRows mine = warp_rows();
+    const int lane = mine.lane;
     // every row starts 16-byte aligned only when the base is and a row is a whole number of vectors
     const bool vectorize = aligned16(logits) && cols % W == 0;
-    for (long long r = first_row; r < rows; r += row_stride) {
+    for (long long r = mine.first; r < rows; r += mine.stride) {
         const T* row = logits + r * cols;
         T m = negative_infinity<T>();
         T s = T(0);
@@ -122,12 +135,10 @@ __device__ void softmax_cross_entropy_backward(const T* __restrict__ logits, con
                                                int per_row) {
     typedef typename Vec16<T>::type V;
     const int W = Vec16<T>::width;
-    const int lane = threadIdx.x & 31;
-    const long long warps_per_block = blockDim.x >> 5;
-    const long long first_row = blockIdx.x * warps_per_block + (threadIdx.x >> 5);
-    const long long row_stride = gridDim.x * warps_per_block;
+    const WarpRows mine = warp_rows();
+    const int lane = mine.lane;
     const bool vectorize = aligned16(logits) && aligned16(grad) && cols % W == 0;
-    for (long long r = first_row; r < rows; r += row_stride) {
+    for (long long r = mine.first; r < rows; r += mine.stride) {
         const T* row = logits + r * cols;
         T* grad_row = grad + r * cols;
         const long long t = target[r];
