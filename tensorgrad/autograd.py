@@ -69,6 +69,28 @@ def detect_anomaly():
         _mode.anomaly = previous
 
 
+class Version:
+    """How many times one storage was changed in place; shared by a tensor and its views.
+
+    `has_views` is set once a view of the storage exists: an in-place op that records a graph node
+    then refuses it, since the other tensors' nodes would not see the change.
+    """
+
+    __slots__ = ("value", "has_views")
+
+    def __init__(self):
+        self.value = 0
+        self.has_views = False
+
+
+def version_of(tensor) -> Version:
+    """The tensor's counter, made on first use (most tensors are never changed in place)."""
+    box = tensor._version_box
+    if box is None:
+        box = tensor._version_box = Version()
+    return box
+
+
 class Node:
     """One recorded op. Subclasses define `forward(*operands, **params)` and `backward(grad)`.
 
@@ -76,13 +98,20 @@ class Node:
     needs no gradient (a constant, a scalar, an integer tensor). `value` is the forward output, kept
     for drawing the graph and freed with the saved buffers after backward. `label`, set only when the
     output tensor is given a name, is that name for the drawings.
+
+    `saved_inputs` holds (tensor, version) for each tensor operand whose array the node keeps, and
+    `saved_output` (counter, version) when the backward reads the node's own output: backward checks
+    that none was changed in place since (PyTorch's version counters).
     """
 
-    __slots__ = ("parents", "value", "grad", "freed", "label")
+    __slots__ = ("parents", "value", "grad", "freed", "label", "saved_inputs", "saved_output")
     name = "op"
     # Ops whose backward reads nothing saved (add, neg, reshape...) can be differentiated again
     # after their buffers were freed, as in PyTorch.
     saves = True
+    # What a saving op keeps: its operands' arrays (mul, matmul), its output (exp, sigmoid), or both.
+    saves_inputs = True
+    saves_output = False
 
     def forward(self, *operands, **params):
         raise NotImplementedError(f"{self.name}: forward is not defined")
@@ -100,6 +129,25 @@ class Node:
             self.value = Meta(self.value.shape, self.value.dtype)
         self.grad = None
         self.freed = True
+        self.saved_inputs = self.saved_output = None
+
+    def check_versions(self) -> None:
+        """Raise if a tensor this node saved was changed in place after it was saved."""
+        for tensor, version in self.saved_inputs or ():
+            box = tensor._version_box
+            now = 0 if box is None else box.value
+            if now != version:
+                self._modified(tuple(tensor.data.shape), version, now)
+        if self.saved_output is not None:
+            box, version = self.saved_output
+            if box.value != version:
+                self._modified(tuple(like(self).shape), version, box.value)
+
+    def _modified(self, shape: tuple, saved: int, now: int):
+        raise RuntimeError(
+            f"backward: one of the tensors needed for the gradient of {self.name} (shape {shape}) was "
+            f"modified by an in-place operation: it is at version {now}; expected version {saved}. "
+            "Compute the gradient before changing it, or change a copy (.clone())")
 
     def __repr__(self) -> str:
         return f"<{self.name}>"
@@ -160,7 +208,15 @@ def apply(node: Node, *operands, **params):
             parents.append(None)
     # parents are set before forward so that forward can skip saving what no gradient will need
     node.parents = parents
-    out = node.forward(*datas, **params)
+    try:
+        out = node.forward(*datas, **params)
+    except (ValueError, TypeError, IndexError, RuntimeError) as exc:
+        name = _op_name(node, params)
+        if type(exc) in _CONTRACT_TYPES and name in str(exc):
+            raise  # the op's own check: already names the op and what it expected
+        raise contract_error(name, exc) from exc
+    except (ArithmeticError, LookupError, AttributeError, MemoryError) as exc:
+        raise contract_error(_op_name(node, params), exc) from exc
     if isinstance(out, np.generic):  # NumPy returns scalars, not 0-d arrays, from 0-d arithmetic
         out = np.asarray(out)
     if _mode.anomaly:
@@ -170,7 +226,49 @@ def apply(node: Node, *operands, **params):
     node.value = out
     node.grad = None
     node.freed = False
-    return _wrap(out, node)
+    result = _wrap(out, node)
+    node.saved_inputs = node.saved_output = None
+    if node.saves:
+        if node.saves_inputs:
+            saved = []
+            for operand in operands:
+                if isinstance(operand, Tensor):
+                    box = operand._version_box
+                    saved.append((operand, 0 if box is None else box.value))
+            node.saved_inputs = saved
+        if node.saves_output:
+            node.saved_output = (version_of(result), 0)
+    return result
+
+
+_CONTRACT_TYPES = (ValueError, TypeError, IndexError, RuntimeError)
+
+
+def _op_name(node: Node, params: dict) -> str:
+    try:
+        return node.name
+    except AttributeError:  # a name made from state that forward failed before setting (kind)
+        return params.get("kind") or type(node).__name__.lower()
+
+
+def contract_error(op: str, exc: BaseException) -> Exception:
+    """One of the four contract exceptions, naming `op`, for an error NumPy or Python raised inside it.
+
+    A safety net: ops check their inputs and say what they expected; whatever slips past those checks
+    still reaches the user as ValueError/TypeError/IndexError/RuntimeError with the op's name, never
+    as a bare AxisError, OverflowError, ZeroDivisionError, KeyError or MemoryError.
+    """
+    message = f"{op}: {exc}" if str(exc) else f"{op}: {type(exc).__name__}"
+    if isinstance(exc, MemoryError):
+        return RuntimeError(f"{op}: not enough memory for the result ({exc or 'MemoryError'})")
+    if isinstance(exc, np.exceptions.AxisError) or (isinstance(exc, LookupError)
+                                                    and not isinstance(exc, KeyError)):
+        return IndexError(message)
+    if isinstance(exc, (TypeError, AttributeError)):
+        return TypeError(message)
+    if isinstance(exc, (ValueError, ArithmeticError, KeyError)):
+        return ValueError(message)
+    return RuntimeError(message)
 
 
 def unbroadcast(grad, shape: tuple):
@@ -259,6 +357,8 @@ def run_backward(roots, seeds, retain_graph=False, capture=None):
                 raise RuntimeError(
                     f"backward: trying to backward through the graph a second time ({node.name} already "
                     "freed its saved buffers); pass retain_graph=True to the first backward if you need to")
+            if node.saved_inputs or node.saved_output is not None:
+                node.check_versions()
             if targets and node in targets:
                 captured[id(targets[node])] = grad
             if isinstance(grad, np.generic):  # NumPy hands back scalars from 0-d arithmetic; ops get arrays

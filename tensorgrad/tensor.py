@@ -20,8 +20,8 @@ int64 = np.dtype(np.int64)
 uint8 = np.dtype(np.uint8)
 bool_ = np.dtype(np.bool_)
 
-_SUPPORTED_DTYPES = frozenset((float16, float32, float64, np.dtype(np.int8), np.dtype(np.int16), int32, int64,
-                               uint8, bool_))
+_SUPPORTED_DTYPES = frozenset((float16, float32, float64, int32, int64, uint8, bool_))
+_SUPPORTED_TEXT = "bool, uint8, int32, int64, float16, float32 or float64"
 
 
 def as_dtype(dtype, where: str = "tensor") -> np.dtype:
@@ -32,9 +32,33 @@ def as_dtype(dtype, where: str = "tensor") -> np.dtype:
         raise TypeError(f"{where}: {dtype!r} is not a dtype; expected one of "
                         "tg.float32, tg.float64, tg.int64, tg.bool_") from None
     if normalized not in _SUPPORTED_DTYPES:
-        raise TypeError(f"{where}: dtype {normalized} is not supported; expected float16/32/64, "
-                        "int8/16/32/64, uint8 or bool")
+        raise TypeError(f"{where}: dtype {normalized} is not supported; expected {_SUPPORTED_TEXT}")
     return normalized
+
+
+def checked_cast(array, dtype, where: str = "tensor"):
+    """`array` as `dtype`, refusing casts to an integer dtype that would wrap or make up a value.
+
+    NumPy turns 300 into 44 as uint8 and NaN into an arbitrary int32; PyTorch raises for such values.
+    """
+    if array.dtype == dtype:
+        return array
+    if dtype.kind in "iu" and array.dtype.kind in "iuf" and array.size:
+        info = np.iinfo(dtype)
+        xp = backend.array_module(array)
+        if array.dtype.kind == "f":
+            finite = bool(xp.isfinite(array).all())
+            # truncation toward zero: -0.5 becomes 0 and 255.9 becomes 255, both in range for uint8
+            in_range = finite and bool((array > info.min - 1).all()) and bool((array < info.max + 1).all())
+        else:
+            finite = True
+            in_range = bool((array >= info.min).all()) and bool((array <= info.max).all())
+        if not in_range:
+            low, high = xp.min(array).item(), xp.max(array).item()
+            what = "NaN or Inf" if not finite else f"values in [{low}, {high}]"
+            raise ValueError(f"{where}: {what} cannot be converted to {dtype} without overflow "
+                             f"(its range is [{info.min}, {info.max}])")
+    return array.astype(dtype, copy=False)
 
 
 def _check_grad_dtype(dtype, where: str) -> None:
@@ -44,10 +68,17 @@ def _check_grad_dtype(dtype, where: str) -> None:
 
 def _python_to_array(obj, dtype):
     """Lists and scalars: floats become float32, ints int64, bools bool, unless `dtype` says otherwise."""
-    array = np.asarray(obj)
+    try:
+        array = np.asarray(obj)
+    except (ValueError, TypeError) as exc:  # ragged nesting, or items NumPy cannot convert
+        raise ValueError(f"tensor: cannot build a tensor from this {type(obj).__name__}: the nested "
+                         f"sequences must be rectangular and hold numbers ({exc})") from None
+    except OverflowError:
+        raise ValueError(f"tensor: an integer in this {type(obj).__name__} is out of range for every "
+                         "supported dtype (int64 at most)") from None
     if array.dtype == object:
         raise TypeError(f"tensor: cannot build a tensor from {type(obj).__name__} holding mixed or "
-                        "non-numeric items")
+                        "non-numeric items (or integers beyond int64)")
     if dtype is None:
         kind = array.dtype.kind
         if kind == "f":
@@ -58,7 +89,7 @@ def _python_to_array(obj, dtype):
             dtype = bool_
         else:
             raise TypeError(f"tensor: unsupported element type {array.dtype} from {type(obj).__name__}")
-    return array.astype(dtype, copy=False)
+    return checked_cast(array, dtype)
 
 
 class Tensor:
@@ -68,29 +99,29 @@ class Tensor:
     this tensor (None for leaves); name: optional label shown in graph drawings.
     """
 
-    __slots__ = ("data", "grad", "_requires_grad", "grad_fn", "_name", "__weakref__")
+    __slots__ = ("data", "grad", "_requires_grad", "grad_fn", "_name", "_version_box", "__weakref__")
     # Make `numpy_array + tensor` call Tensor.__radd__ instead of NumPy broadcasting over a Tensor.
     __array_priority__ = 1000
 
     def __init__(self, data, requires_grad: bool = False, dtype=None, device=None, name=None):
-        if isinstance(data, Tensor):
+        source = data if isinstance(data, Tensor) else None
+        if source is not None:
             data = data.data
         if dtype is not None:
             dtype = as_dtype(dtype)
         on_gpu = backend.is_cupy_array(data)
         if isinstance(data, np.ndarray) or on_gpu:
-            array = data if dtype is None else data.astype(dtype, copy=False)
+            array = data if dtype is None else checked_cast(data, dtype)
         elif isinstance(data, np.generic):
-            array = np.asarray(data, dtype=dtype)
+            array = checked_cast(np.asarray(data), dtype) if dtype is not None else np.asarray(data)
         elif hasattr(data, "__dlpack__") and not isinstance(data, (list, tuple)):
             array = from_dlpack(data).data
             on_gpu = not isinstance(array, np.ndarray)
-            array = array if dtype is None else array.astype(dtype, copy=False)
+            array = array if dtype is None else checked_cast(array, dtype)
         else:
             array = _python_to_array(data, dtype)
-        if array.dtype.kind not in "fiub":  # complex, object, strings, dates: no op handles them
-            raise TypeError(f"tensor: dtype {array.dtype} is not supported; expected float16/32/64, "
-                            "int8/16/32/64, uint8 or bool")
+        if array.dtype not in _SUPPORTED_DTYPES:  # complex, object, strings, dates: no op handles them
+            raise TypeError(f"tensor: dtype {array.dtype} is not supported; expected {_SUPPORTED_TEXT}")
         # Host data goes to the default device, as with torch.set_default_device; GPU data stays put.
         if device is not None:
             array = backend.to_device(array, backend.normalize_device(device))
@@ -101,6 +132,8 @@ class Tensor:
         self.grad_fn = None
         self.name = name
         self._requires_grad = False
+        # Tensor(t) without a copy is t's storage under a second name (nn.Parameter(t)): one counter.
+        self._version_box = autograd.version_of(source) if source is not None and array is data else None
         if requires_grad:
             self.requires_grad = True
 
@@ -157,6 +190,16 @@ class Tensor:
     @property
     def is_leaf(self) -> bool:
         return self.grad_fn is None
+
+    @property
+    def _version(self) -> int:
+        """How many in-place changes this tensor's storage has had (shared with its views)."""
+        box = self._version_box
+        return 0 if box is None else box.value
+
+    def _bump_version(self) -> None:
+        """Record an in-place change of the storage, made through `.data` by optimizers and initializers."""
+        autograd.version_of(self).value += 1
 
     @property
     def xp(self):
@@ -230,8 +273,14 @@ class Tensor:
         return self.astype(float32)
 
     def detach(self) -> Tensor:
-        """The same data, outside any graph."""
-        return _wrap(self.data)
+        """The same data, outside any graph; an in-place change of either is seen by the other's graph."""
+        out = _wrap(self.data)
+        out._version_box = autograd.version_of(self)
+        return out
+
+    def clone(self) -> Tensor:
+        """A copy of the data that stays in the graph (gradients flow back to self)."""
+        return autograd.apply(_ops.Clone(), self)
 
     def zero_grad(self) -> None:
         self.grad = None
@@ -336,47 +385,131 @@ class Tensor:
     def __abs__(self):
         return self.abs()
 
-    def _inplace(self, other, op_name, ufunc):
-        # In place only outside any graph (or under no_grad, as an optimizer step is); inside a
-        # graph the name is rebound to a new node so saved values stay valid.
-        recording = autograd.is_grad_enabled()
-        other_grad = isinstance(other, Tensor) and other._requires_grad
-        if recording and (self._requires_grad or other_grad):
-            return getattr(Tensor, f"__{op_name}__")(self, other)
-        value = other.data if isinstance(other, Tensor) else other
-        if _is_array(value) and type(value) is not type(self.data):
-            raise RuntimeError(f"{op_name}: operands are on different devices ({self.device} and "
-                               f"{backend.device_of(value)})")
-        try:
-            ufunc(backend.array_module(self.data), self.data, value)
-        except ValueError:
-            other_shape = getattr(value, "shape", ())
-            raise ValueError(f"i{op_name}: shapes {self.shape} and {tuple(other_shape)} cannot be "
-                             "broadcast in place") from None
+    def _inplace(self, op_name: str, node, *operands, **params) -> Tensor:
+        """Run `node` on (self, *operands) and write the result into self's own storage.
+
+        Outside a graph this is a plain in-place update. While recording, self takes the new node as
+        its grad_fn (its old one becomes the node's parent), as PyTorch does; nodes that saved self
+        before see its version move and refuse to back-propagate with the changed values.
+        """
+        for operand in operands:
+            if not isinstance(operand, Tensor) and _is_array(operand) and type(operand) is not type(self.data):
+                raise RuntimeError(f"{op_name}: operands are on different devices ({self.device} and "
+                                   f"{backend.device_of(operand)})")
+        recording = autograd.is_grad_enabled() and (
+            self._requires_grad or any(isinstance(o, Tensor) and o._requires_grad for o in operands))
+        if not recording:
+            with autograd.no_grad():
+                result = autograd.apply(node, self, *operands, **params).data
+            self._store(result, op_name)
+            return self
+        if self._requires_grad and self.grad_fn is None:
+            raise RuntimeError(f"{op_name}: a leaf tensor that requires grad (shape {self.shape}) is used in "
+                               "an in-place operation; do it under tg.no_grad() (as optimizers do) or on a "
+                               ".clone()")
+        box = autograd.version_of(self)
+        if box.has_views:
+            raise RuntimeError(f"{op_name}: in-place change of a tensor (shape {self.shape}) that is a view, "
+                               "or has views, while recording a graph: the other tensors' nodes would not "
+                               "see it; use the out-of-place op or change a .clone()")
+        source = self
+        if node.saves and node.saves_inputs:
+            # the node keeps its operand for the backward: give it the values from before the change
+            source = _wrap(self.data.copy(), self.grad_fn)
+            source._requires_grad = self._requires_grad
+        result = autograd.apply(node, source, *operands, **params)
+        self._store(result.data, op_name)
+        node = result.grad_fn
+        node.value = self.data
+        if node.saved_output is not None:
+            node.saved_output = (box, box.value)
+        self.grad_fn = node
+        self._requires_grad = True
+        if self._name is not None:
+            node.label = self._name
         return self
 
+    def _store(self, result, op_name: str) -> None:
+        """Copy an op's result into self's storage (same shape; a dtype that casts within its kind)."""
+        if tuple(result.shape) != self.shape:
+            raise ValueError(f"{op_name}: the result has shape {tuple(result.shape)} but the tensor changed "
+                             f"in place has shape {self.shape}; in-place ops keep the shape")
+        if result.dtype != self.data.dtype and not np.can_cast(result.dtype, self.data.dtype, "same_kind"):
+            raise TypeError(f"{op_name}: the result's dtype {result.dtype} cannot be stored in place in a "
+                            f"{self.data.dtype} tensor")
+        self.data[...] = result
+        autograd.version_of(self).value += 1
+
     def __iadd__(self, other):
-        return self._inplace(other, "add", lambda xp, a, b: xp.add(a, b, out=a, casting="same_kind"))
+        return self._inplace("iadd", _ops.Add(), other)
 
     def __isub__(self, other):
-        return self._inplace(other, "sub", lambda xp, a, b: xp.subtract(a, b, out=a, casting="same_kind"))
+        return self._inplace("isub", _ops.Sub(), other)
 
     def __imul__(self, other):
-        return self._inplace(other, "mul", lambda xp, a, b: xp.multiply(a, b, out=a, casting="same_kind"))
+        return self._inplace("imul", _ops.Mul(), other)
 
     def __itruediv__(self, other):
-        return self._inplace(other, "truediv",
-                             lambda xp, a, b: xp.true_divide(a, b, out=a, casting="same_kind"))
+        return self._inplace("itruediv", _ops.Div(), other)
+
+    def __ipow__(self, other):
+        return self._inplace("ipow", _ops.Pow(), other)
+
+    def add_(self, other) -> Tensor:
+        return self._inplace("add_", _ops.Add(), other)
+
+    def sub_(self, other) -> Tensor:
+        return self._inplace("sub_", _ops.Sub(), other)
+
+    def mul_(self, other) -> Tensor:
+        return self._inplace("mul_", _ops.Mul(), other)
+
+    def div_(self, other) -> Tensor:
+        return self._inplace("div_", _ops.Div(), other)
+
+    def relu_(self) -> Tensor:
+        return self._inplace("relu_", _ops.Activation(), kind="relu")
+
+    def sigmoid_(self) -> Tensor:
+        return self._inplace("sigmoid_", _ops.Activation(), kind="sigmoid")
+
+    def tanh_(self) -> Tensor:
+        return self._inplace("tanh_", _ops.Activation(), kind="tanh")
+
+    def fill_(self, value) -> Tensor:
+        """Set every element to `value` (a number, or a one-element tensor that may require grad)."""
+        if isinstance(value, Tensor):
+            if value.size != 1:
+                raise ValueError(f"fill_: expected a number or a one-element tensor, got shape {value.shape}")
+            value = value.reshape(())
+        elif not isinstance(value, numbers.Real):
+            raise TypeError(f"fill_: expected a real number, got {type(value).__name__}")
+        return self._assign("fill_", Ellipsis, value)
+
+    def zero_(self) -> Tensor:
+        return self._assign("zero_", Ellipsis, 0)
+
+    def copy_(self, source) -> Tensor:
+        """Copy `source` (broadcast to self's shape) into self; gradients flow to a source in the graph."""
+        return self._assign("copy_", Ellipsis, source)
 
     def __setitem__(self, index, value):
-        if self._requires_grad and autograd.is_grad_enabled():
-            raise RuntimeError("setitem: cannot assign into a tensor that requires grad while recording; "
-                               "wrap the assignment in tg.no_grad() or work on .detach()")
-        value = value.data if isinstance(value, Tensor) else value
-        if not isinstance(value, (int, float, bool, np.generic)) and type(value) is not type(self.data):
+        self._assign("setitem", _index_data(index), value)
+
+    def _assign(self, op_name: str, index, value) -> Tensor:
+        if autograd.is_grad_enabled() and (self._requires_grad or
+                                           (isinstance(value, Tensor) and value._requires_grad)):
+            return self._inplace(op_name, _ops.SetItem(), value, index=index)
+        if isinstance(value, Tensor):
+            value = value.data
+        if _is_array(value) and type(value) is not type(self.data):
             # an explicit assignment copies across devices, as PyTorch's does
-            value = backend.to_device(value if hasattr(value, "shape") else np.asarray(value), self.device)
-        self.data[_index_data(index)] = value
+            value = backend.to_device(value, self.device)
+        elif isinstance(value, (list, tuple)):
+            value = _python_to_array(value, None)
+        _ops.SetItem.assign(self.data, index, value, op_name)
+        autograd.version_of(self).value += 1
+        return self
 
     # comparisons: bool tensors, outside the graph
     def _compare(self, other, ufunc_name):
@@ -444,7 +577,7 @@ class Tensor:
     def reshape(self, *shape):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
-        return autograd.apply(_ops.Reshape(), self, shape=shape)
+        return self._view(autograd.apply(_ops.Reshape(), self, shape=shape))
 
     def flatten(self):
         return self.reshape(-1)
@@ -452,14 +585,23 @@ class Tensor:
     def transpose(self, *axes):
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
             axes = tuple(axes[0])
-        return autograd.apply(_ops.Transpose(), self, axes=axes or None)
+        return self._view(autograd.apply(_ops.Transpose(), self, axes=axes or None))
 
     @property
     def T(self):
-        return autograd.apply(_ops.Transpose(), self, axes=None)
+        return self._view(autograd.apply(_ops.Transpose(), self, axes=None))
 
     def __getitem__(self, index):
-        return autograd.apply(_ops.GetItem(), self, index=_index_data(index))
+        return self._view(autograd.apply(_ops.GetItem(), self, index=_index_data(index)))
+
+    def _view(self, out: Tensor) -> Tensor:
+        """`out`, made from self by reshape/transpose/indexing; when it shares self's memory (NumPy made a
+        view, not a copy) both get one version counter, so a change through either is seen."""
+        if _shares_memory(out.data, self.data):
+            box = autograd.version_of(self)
+            box.has_views = True
+            out._version_box = box
+        return out
 
 
 def _index_data(index):
@@ -483,6 +625,13 @@ def _operand(value, like: Tensor):
 _new = object.__new__
 
 
+def _shares_memory(view, base) -> bool:
+    if isinstance(view, np.ndarray):
+        # NumPy points every view at the array that owns the memory, however it was made
+        return view.base is not None and (view.base is base or view.base is base.base)
+    return bool(backend.array_module(view).may_share_memory(view, base))
+
+
 def _is_array(value) -> bool:
     """A NumPy or CuPy array (not a scalar, a NumPy scalar or a list)."""
     return hasattr(value, "shape") and not isinstance(value, np.generic)
@@ -496,6 +645,7 @@ def _wrap(data, grad_fn=None) -> Tensor:
     t.grad_fn = grad_fn
     t._name = None
     t._requires_grad = grad_fn is not None
+    t._version_box = None
     return t
 
 

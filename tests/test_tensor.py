@@ -359,7 +359,7 @@ def test_inplace_keeps_dtype_outside_graph():
     t += tg.tensor(np.array([0.5, 0.5]))  # float64 operand: the result stays float32 in place
     assert t.dtype == np.float32
     i = tg.tensor([1, 2])
-    with pytest.raises(TypeError):  # NumPy's casting error: int64 cannot hold 0.5 in place
+    with pytest.raises(TypeError, match="float32.*int64"):  # as PyTorch: an int64 cannot hold 0.5
         i += 0.5
 
 
@@ -370,38 +370,6 @@ def test_inplace_under_no_grad_updates_a_leaf():
         w -= tg.tensor([0.5, 0.5])
     assert w.requires_grad and w.is_leaf and w.data is data
     np.testing.assert_array_equal(w.numpy(), [0.5, 1.5])
-
-
-def test_inplace_in_graph_rebinds_to_new_node():
-    x = tg.tensor(np.array([1.0, 2.0]), requires_grad=True)
-    y = x * 3.0
-    old = y
-    y += x  # y = 3x + x
-    assert y is not old
-    np.testing.assert_array_equal(old.numpy(), [3.0, 6.0])  # the old value is untouched
-    np.testing.assert_array_equal(y.numpy(), [4.0, 8.0])
-    assert y.grad_fn is not None
-    y.sum().backward()
-    np.testing.assert_array_equal(x.grad.numpy(), [4.0, 4.0])
-
-
-def test_inplace_on_leaf_requiring_grad_rebinds():
-    x = tg.tensor(np.array([1.0, 2.0]), requires_grad=True)
-    alias = x
-    x *= 2.0
-    assert x is not alias and not x.is_leaf
-    np.testing.assert_array_equal(alias.numpy(), [1.0, 2.0])
-    x.sum().backward()
-    np.testing.assert_array_equal(alias.grad.numpy(), [2.0, 2.0])
-
-
-def test_inplace_with_grad_operand_rebinds():
-    c = tg.tensor(np.array([1.0, 1.0]))
-    x = tg.tensor(np.array([2.0, 3.0]), requires_grad=True)
-    original = c
-    c += x
-    assert c is not original and c.requires_grad
-    np.testing.assert_array_equal(original.numpy(), [1.0, 1.0])
 
 
 def test_inplace_shape_mismatch():
