@@ -2,6 +2,7 @@
 
 from .arithmetic import Add, Div, MatMul, Maximum, Minimum, Mul, Neg, Pow, Sub
 from .elementwise import Abs, Activation, Exp, Log, Sqrt
+from .inplace import Clone, SetItem
 from .nn_ops import (
     BinaryCrossEntropy,
     BinaryCrossEntropyWithLogits,
@@ -19,4 +20,5 @@ from .shape import Cast, Concatenate, GetItem, Reshape, Stack, ToDevice, Transpo
 __all__ = ["Add", "Sub", "Mul", "Div", "Neg", "Pow", "MatMul", "Maximum", "Minimum", "Exp", "Log", "Sqrt",
            "Abs", "Activation", "Sum", "Mean", "Extremum", "Reshape", "Transpose", "GetItem", "Concatenate",
            "Stack", "Where", "Cast", "ToDevice", "Linear", "Softmax", "LogSoftmax", "SoftmaxCrossEntropy",
-           "NLLLoss", "MSELoss", "BinaryCrossEntropy", "BinaryCrossEntropyWithLogits", "Dropout"]
+           "NLLLoss", "MSELoss", "BinaryCrossEntropy", "BinaryCrossEntropyWithLogits", "Dropout",
+           "SetItem", "Clone"]
