@@ -292,8 +292,19 @@ def _seed(root, grad):
         return backend.array_module(root.data).ones(root.data.shape, dtype=root.data.dtype)
     g = grad.data if isinstance(grad, Tensor) else grad
     xp = backend.array_module(root.data)
+    if isinstance(g, (bool, int, float, list, tuple, np.generic)):
+        try:
+            g = np.asarray(g)
+        except (ValueError, TypeError, OverflowError):
+            raise ValueError(f"backward: the gradient {type(g).__name__} is not a rectangular sequence of "
+                             "numbers") from None
+    if not hasattr(g, "shape") or not hasattr(g, "dtype"):
+        raise TypeError("backward: the gradient must be a Tensor, an array or a number, got "
+                        f"{type(g).__name__}")
+    if g.dtype.kind not in "biuf":
+        raise TypeError(f"backward: the gradient must hold numbers, got dtype {g.dtype}")
     if type(g) is not type(root.data):
-        if isinstance(g, (int, float, list, tuple, np.ndarray, np.generic)):
+        if isinstance(g, np.ndarray):
             g = xp.asarray(g, dtype=root.data.dtype)
         else:
             raise RuntimeError(f"backward: the gradient is on {backend.device_of(g)} but the output on "
@@ -401,14 +412,24 @@ def _deliver(leaf, g, capture, captured):
         leaf.grad = _wrap(_as_leaf_grad(leaf.grad.data + g))
 
 
+def _tensors(values, what: str) -> list:
+    if not isinstance(values, (list, tuple)):
+        raise TypeError(f"grad: {what} must be a Tensor or a sequence of Tensors, got "
+                        f"{type(values).__name__}")
+    for value in values:
+        if not isinstance(value, Tensor):
+            raise TypeError(f"grad: {what} must be Tensors, got {type(value).__name__}")
+    return list(values)
+
+
 def grad(outputs, inputs, grad_outputs=None, retain_graph=False):
     """Gradients of `outputs` with respect to `inputs`, as a tuple of Tensors (None where unreached).
 
     Unlike `backward`, nothing is accumulated into `.grad`.
     """
     single = isinstance(outputs, Tensor)
-    outputs = [outputs] if single else list(outputs)
-    inputs_list = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+    outputs = [outputs] if single else _tensors(outputs, "outputs")
+    inputs_list = [inputs] if isinstance(inputs, Tensor) else _tensors(inputs, "inputs")
     if grad_outputs is None:
         grad_outputs = [None] * len(outputs)
     elif isinstance(grad_outputs, Tensor) or not isinstance(grad_outputs, (list, tuple)):

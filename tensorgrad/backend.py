@@ -70,11 +70,20 @@ def _reset_probe_for_tests() -> None:
     _cupy_module, _cupy_probe, _default_device = None, None, None
 
 
-def normalize_device(device) -> str:
-    """Map 'cpu' / 'cuda' / 'cuda:0' / 'gpu' to 'cpu' or 'cuda:0'; a RuntimeError if CUDA is unusable."""
+def normalize_device(device, op: str | None = None) -> str:
+    """Map 'cpu' / 'cuda' / 'cuda:0' / 'gpu' to 'cpu' or 'cuda:0'; a RuntimeError if CUDA is unusable.
+
+    op: the public function asking, named at the start of the error messages."""
     if device is None:
         return default_device()
-    name = str(device).strip().lower()
+    if op is not None:
+        try:
+            return normalize_device(device)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{op}: {exc}") from None
+    if not isinstance(device, str):
+        raise RuntimeError(f"device: expected 'cpu' or 'cuda' (a string), got {type(device).__name__}")
+    name = device.strip().lower()
     if name == CPU:
         return CPU
     if name in ("cuda", "gpu", "cuda:0"):

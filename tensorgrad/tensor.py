@@ -58,7 +58,8 @@ def checked_cast(array, dtype, where: str = "tensor"):
             what = "NaN or Inf" if not finite else f"values in [{low}, {high}]"
             raise ValueError(f"{where}: {what} cannot be converted to {dtype} without overflow "
                              f"(its range is [{info.min}, {info.max}])")
-    return array.astype(dtype, copy=False)
+    with np.errstate(over="ignore"):  # a float too large for float16 becomes inf, silently as in PyTorch
+        return array.astype(dtype, copy=False)
 
 
 def _check_grad_dtype(dtype, where: str) -> None:
@@ -124,7 +125,7 @@ class Tensor:
             raise TypeError(f"tensor: dtype {array.dtype} is not supported; expected {_SUPPORTED_TEXT}")
         # Host data goes to the default device, as with torch.set_default_device; GPU data stays put.
         if device is not None:
-            array = backend.to_device(array, backend.normalize_device(device))
+            array = backend.to_device(array, backend.normalize_device(device, "tensor"))
         elif not on_gpu and backend.default_device() != backend.CPU:
             array = backend.to_device(array, backend.default_device())
         self.data = array
@@ -242,11 +243,16 @@ class Tensor:
         from .ops import shape as shape_ops
 
         if isinstance(target, str) and target.strip().lower().split(":")[0] in ("cpu", "cuda", "gpu"):
-            device = backend.normalize_device(target)
+            device = backend.normalize_device(target, "to")
             if device == self.device:
                 return self
             return autograd.apply(shape_ops.ToDevice(), self, device=device)
-        return self.astype(target)
+        try:
+            dtype = np.dtype(target)
+        except TypeError:
+            raise TypeError(f"to: {target!r} is neither a device ('cpu', 'cuda') nor a dtype "
+                            "(tg.float32, tg.float64, ...)") from None
+        return self.astype(as_dtype(dtype, "to"))
 
     def cpu(self) -> Tensor:
         return self.to(backend.CPU)
@@ -263,7 +269,7 @@ class Tensor:
         if dtype == self.data.dtype:
             return self
         if dtype.kind != "f":  # integer and bool tensors never require grad: the cast leaves the graph
-            return _wrap(self.data.astype(dtype))
+            return _wrap(checked_cast(self.data, dtype, "astype"))
         return autograd.apply(shape_ops.Cast(), self, dtype=dtype)
 
     def double(self) -> Tensor:
@@ -393,7 +399,8 @@ class Tensor:
         before see its version move and refuse to back-propagate with the changed values.
         """
         for operand in operands:
-            if not isinstance(operand, Tensor) and _is_array(operand) and type(operand) is not type(self.data):
+            foreign = not isinstance(operand, Tensor) and _is_array(operand)
+            if foreign and type(operand) is not type(self.data):
                 raise RuntimeError(f"{op_name}: operands are on different devices ({self.device} and "
                                    f"{backend.device_of(operand)})")
         recording = autograd.is_grad_enabled() and (
@@ -512,27 +519,53 @@ class Tensor:
         return self
 
     # comparisons: bool tensors, outside the graph
-    def _compare(self, other, ufunc_name):
-        other_data = other.data if isinstance(other, Tensor) else other
-        return _wrap_result(getattr(backend.array_module(self.data), ufunc_name)(self.data, other_data))
+    def _compare(self, other, ufunc_name, op):
+        if isinstance(other, Tensor):
+            other_data = other.data
+        elif isinstance(other, (bool, int, float, np.generic)):
+            other_data = other.item() if isinstance(other, np.generic) else other
+        elif isinstance(other, (list, tuple)):
+            other_data = backend.to_device(_python_to_array(other, None), self.device)
+        elif _is_array(other):
+            other_data = other
+        elif op in ("eq", "ne"):
+            return NotImplemented  # Python's answer: a tensor never equals a string or an object
+        else:
+            raise TypeError(f"{op}: cannot compare a tensor with {type(other).__name__}; expected a "
+                            "Tensor, an array or a number")
+        if _is_array(other_data):
+            if type(other_data) is not type(self.data):
+                raise RuntimeError(f"{op}: operands are on different devices ({self.device} and "
+                                   f"{backend.device_of(other_data)})")
+            if other_data.dtype not in _SUPPORTED_DTYPES:
+                raise TypeError(f"{op}: cannot compare a tensor with an array of dtype {other_data.dtype}")
+        try:
+            with np.errstate(invalid="ignore"):
+                out = getattr(backend.array_module(self.data), ufunc_name)(self.data, other_data)
+        except ValueError:
+            raise ValueError(f"{op}: shapes {self.shape} and {tuple(getattr(other_data, 'shape', ()))} "
+                             "cannot be broadcast together") from None
+        except (TypeError, OverflowError) as exc:
+            raise autograd.contract_error(op, exc) from None
+        return _wrap_result(out)
 
     def __lt__(self, other):
-        return self._compare(other, "less")
+        return self._compare(other, "less", "lt")
 
     def __le__(self, other):
-        return self._compare(other, "less_equal")
+        return self._compare(other, "less_equal", "le")
 
     def __gt__(self, other):
-        return self._compare(other, "greater")
+        return self._compare(other, "greater", "gt")
 
     def __ge__(self, other):
-        return self._compare(other, "greater_equal")
+        return self._compare(other, "greater_equal", "ge")
 
     def __eq__(self, other):
-        return self._compare(other, "equal")
+        return self._compare(other, "equal", "eq")
 
     def __ne__(self, other):
-        return self._compare(other, "not_equal")
+        return self._compare(other, "not_equal", "ne")
 
     # ----------------------------------------------------------------- methods
     def exp(self):
@@ -569,10 +602,32 @@ class Tensor:
         return autograd.apply(_ops.Extremum(), self, axis=axis, keepdims=keepdims, largest=False)
 
     def argmax(self, axis=None, keepdims=False):
-        return _wrap_result(backend.array_module(self.data).argmax(self.data, axis=axis, keepdims=keepdims))
+        """Index of the largest element (of the flattened tensor when axis is None), int64."""
+        return self._arg_extreme("argmax", axis, keepdims)
 
     def argmin(self, axis=None, keepdims=False):
-        return _wrap_result(backend.array_module(self.data).argmin(self.data, axis=axis, keepdims=keepdims))
+        """Index of the smallest element (of the flattened tensor when axis is None), int64."""
+        return self._arg_extreme("argmin", axis, keepdims)
+
+    def _arg_extreme(self, op: str, axis, keepdims):
+        data = self.data
+        if axis is not None:
+            if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+                raise TypeError(f"{op}: axis must be an int or None, got {type(axis).__name__}")
+            ndim = max(data.ndim, 1)  # a 0-d tensor has axis 0 (and -1), as in PyTorch
+            if not -ndim <= axis < ndim:
+                raise IndexError(f"{op}: axis {axis} is out of range for a {data.ndim}-d tensor "
+                                 f"(expected {-ndim} <= axis < {ndim})")
+            if data.ndim == 0:
+                data, axis = data.reshape(1), 0
+        if data.size == 0 or (axis is not None and data.shape[axis] == 0):
+            raise ValueError(f"{op}: cannot take the {op} of an empty tensor (shape {self.shape})")
+        if data.dtype.kind == "f" and data.dtype.itemsize == 2:
+            data = data.astype(np.float32)  # NumPy has no float16 argmax on every platform; order is kept
+        out = getattr(backend.array_module(data), op)(data, axis=axis, keepdims=bool(keepdims))
+        if self.data.ndim == 0 and not keepdims:
+            out = out.reshape(())
+        return _wrap_result(out)
 
     def reshape(self, *shape):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
@@ -676,6 +731,9 @@ def tensor(data, dtype=None, device=None, requires_grad: bool = False, name=None
 
 def from_dlpack(obj) -> Tensor:
     """Wrap a DLPack-capable array (CuPy, PyTorch, NumPy...) without copying."""
+    if not (hasattr(obj, "__dlpack__") and hasattr(obj, "__dlpack_device__")):
+        raise TypeError(f"from_dlpack: expected an array that supports DLPack (CuPy, PyTorch, NumPy), "
+                        f"got {type(obj).__name__}")
     device_type, _ = obj.__dlpack_device__()
     if device_type == 1:  # kDLCPU
         return _wrap(np.from_dlpack(obj))
@@ -685,18 +743,41 @@ def from_dlpack(obj) -> Tensor:
 def _factory(where, shape, dtype, device, requires_grad, make):
     """make(xp, shape, dtype) -> array on the device whose array module is xp."""
     dtype = float32 if dtype is None else as_dtype(dtype, where)
-    device = backend.normalize_device(device)
+    device = backend.normalize_device(device, where)
     if requires_grad:
         _check_grad_dtype(dtype, where)
-    out = _wrap(make(backend.xp_for(device), _as_shape(shape), dtype))
+    shape = _as_shape(shape, where)
+    try:
+        array = make(backend.xp_for(device), shape, dtype)
+    except MemoryError:
+        raise RuntimeError(f"{where}: not enough memory for a tensor of shape {shape} and dtype "
+                           f"{dtype}") from None
+    except ValueError as exc:  # NumPy's size limits ("Maximum allowed size exceeded")
+        raise ValueError(f"{where}: cannot make a tensor of shape {shape}: {exc}") from None
+    out = _wrap(array)
     out._requires_grad = bool(requires_grad)
     return out
 
 
-def _as_shape(shape) -> tuple:
+def _as_shape(shape, where: str) -> tuple:
+    """A shape given as varargs or one tuple/list: non-negative ints (NumPy integers too)."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = shape[0]
+    for n in shape:
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+            raise TypeError(f"{where}: a shape holds ints, got {type(n).__name__} in {tuple(shape)!r}")
+        if n < 0:
+            raise ValueError(f"{where}: negative dimension {n} in shape {tuple(shape)}")
     return tuple(int(n) for n in shape)
+
+
+def _real_number(value, where: str, what: str):
+    """A bool, int or float (NumPy scalars become Python ones), else TypeError naming `where`."""
+    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        value = value.item()
+    if not isinstance(value, (bool, int, float)):
+        raise TypeError(f"{where}: {what} must be a real number, got {type(value).__name__}")
+    return value
 
 
 def zeros(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
@@ -708,11 +789,21 @@ def ones(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
 
 
 def full(shape, fill_value, dtype=None, device=None, requires_grad=False) -> Tensor:
-    if dtype is None and isinstance(fill_value, (bool, np.bool_)):
+    """A tensor of `shape` filled with `fill_value`; bool and int values give bool and int64 tensors."""
+    fill_value = _real_number(fill_value, "full", "fill_value")
+    if dtype is None and isinstance(fill_value, bool):
         dtype = bool_
-    elif dtype is None and isinstance(fill_value, numbers.Integral):
+    elif dtype is None and isinstance(fill_value, int):
         dtype = int64
-    shape = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
+    if dtype is not None:  # refuse what would wrap (300 as uint8) or make up a value (NaN as int32)
+        dtype = as_dtype(dtype, "full")
+        fill_value = checked_cast(_python_to_array(fill_value, None), dtype, "full")
+    if isinstance(shape, (tuple, list)):
+        shape = tuple(shape)
+    elif isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        shape = (shape,)
+    else:
+        raise TypeError(f"full: shape must be an int or a tuple of ints, got {type(shape).__name__}")
     return _factory("full", (shape,), dtype, device, requires_grad,
                     lambda xp, s, d: xp.full(s, fill_value, dtype=d))
 
@@ -729,8 +820,14 @@ def arange(start, stop=None, step=1, dtype=None, device=None, requires_grad=Fals
     """Like numpy.arange; int64 for integer arguments, float32 when any argument is a float."""
     if stop is None:
         start, stop = 0, start
+    start, stop, step = (_real_number(v, "arange", name) for v, name in
+                         ((start, "start"), (stop, "stop"), (step, "step")))
+    if not all(np.isfinite(v) for v in (start, stop, step)):
+        raise ValueError(f"arange: start, stop and step must be finite, got {start}, {stop}, {step}")
+    if step == 0:
+        raise ValueError("arange: step must be nonzero")
     if dtype is None:
-        dtype = int64 if all(isinstance(v, numbers.Integral) for v in (start, stop, step)) else float32
+        dtype = int64 if all(isinstance(v, int) for v in (start, stop, step)) else float32
     return _factory("arange", ((),), dtype, device, requires_grad,
                     lambda xp, s, d: xp.arange(start, stop, step, dtype=d))
 
