@@ -8,6 +8,7 @@ A Module registers the Parameters and sub-Modules assigned to its attributes (`s
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -211,9 +212,13 @@ class Module:
         """Copy values into the parameters, in place (same arrays, same devices and dtypes).
 
         state_dict: mapping name -> Tensor, NumPy or CuPy array. A shape mismatch raises ValueError naming
-        the key and both shapes; with strict=True, missing or unexpected keys raise RuntimeError listing
-        them. Nothing is copied unless every check passes. Returns (missing_keys, unexpected_keys).
+        the key and both shapes, a value that is not a real-number Tensor or array TypeError naming the
+        key; with strict=True, missing or unexpected keys raise RuntimeError listing them (as PyTorch).
+        Nothing is copied unless every check passes. Returns (missing_keys, unexpected_keys).
         """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"load_state_dict for {type(self).__name__}: expected a mapping of parameter "
+                            f"names to Tensors (what state_dict() returns), got {type(state_dict).__name__}")
         own = OrderedDict(self._all_named_parameters())
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
@@ -231,7 +236,7 @@ class Module:
             if missing:
                 parts.append("missing key(s) in state_dict: " + ", ".join(missing))
             if unexpected:
-                parts.append("unexpected key(s) in state_dict: " + ", ".join(unexpected))
+                parts.append("unexpected key(s) in state_dict: " + ", ".join(map(str, unexpected)))
             raise RuntimeError(f"{where}: " + "; ".join(parts))
         for key, param in own.items():
             if key in state_dict:
@@ -295,11 +300,14 @@ class Module:
 
 def _array_of(value, key: str):
     if isinstance(value, Tensor):
-        return value.data
-    if isinstance(value, np.ndarray) or backend.is_cupy_array(value):
-        return value
-    raise TypeError(f"load_state_dict: the value for {key!r} is a {type(value).__name__}; expected a Tensor "
-                    "or an array")
+        value = value.data
+    elif not (isinstance(value, np.ndarray) or backend.is_cupy_array(value)):
+        raise TypeError(f"load_state_dict: the value for {key!r} is a {type(value).__name__}; expected a "
+                        "Tensor or an array")
+    if value.dtype.kind not in "biuf":  # a cast to the parameter's float dtype would fail or drop a part
+        raise TypeError(f"load_state_dict: the value for {key!r} has dtype {value.dtype}; expected real "
+                        "numbers")
+    return value
 
 
 def _converted(array, device, dtype):

@@ -29,6 +29,8 @@ class Adam(Optimizer):
     """
 
     _decoupled = False
+    _state_buffers = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    _required_buffers = ("step", "exp_avg", "exp_avg_sq")  # step() creates them only in an empty state
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, amsgrad: bool = False):

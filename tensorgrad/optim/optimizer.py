@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import inspect
+import math
+import numbers
 
 import numpy as np
 
@@ -26,6 +29,11 @@ class Optimizer:
     defaults: the hyperparameters a group gets when it does not set them.
     Subclasses implement `step()` and `_validate(group)`.
     """
+
+    # The buffers a subclass keeps per parameter in `state` (load_state_dict refuses any other; None: not
+    # declared, any accepted) and those a non-empty state needs for step() to go on from it.
+    _state_buffers: tuple[str, ...] | None = None
+    _required_buffers: tuple[str, ...] = ()
 
     def __init__(self, params, defaults: dict):
         self.defaults = dict(defaults)
@@ -134,35 +142,98 @@ class Optimizer:
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore hyperparameters and buffers from `state_dict` (copied onto each parameter's device and
-        dtype). The groups must have the sizes of this optimizer's groups."""
-        name = type(self).__name__
-        groups = state_dict["param_groups"]
+        dtype), as torch.optim does: parameters are matched by position, group by group.
+
+        A state dict that does not fit this optimizer raises ValueError naming this optimizer and what
+        differs — another optimizer's state (SGD's into Adam: other hyperparameters, other buffers), a
+        missing 'state' or 'param_groups', another number of groups or of parameters in a group, a buffer
+        whose shape is not its parameter's — and TypeError when it is not a dict at all. Nothing changes
+        unless every check passes.
+        """
+        where = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"{where}: expected a dict as returned by state_dict(), got "
+                            f"{type(state_dict).__name__}")
+        if "state" not in state_dict or "param_groups" not in state_dict:
+            raise ValueError(f"{where}: expected a dict with 'state' and 'param_groups' (what an optimizer's "
+                             f"state_dict() returns), got one with keys {_listing(state_dict)}")
+        groups, saved_state = state_dict["param_groups"], state_dict["state"]
+        if not isinstance(groups, (list, tuple)) or not all(isinstance(g, dict) for g in groups):
+            raise ValueError(f"{where}: 'param_groups' must be a list of dicts, got {_describe(groups)}")
+        if not isinstance(saved_state, dict):
+            raise ValueError(f"{where}: 'state' must be a dict of parameter index -> buffers, got "
+                             f"{_describe(saved_state)}")
+        indices = [self._saved_indices(i, saved, where) for i, saved in enumerate(groups)]
         if len(groups) != len(self.param_groups):
-            raise ValueError(f"{name}.load_state_dict: the state dict has {len(groups)} parameter group(s), "
+            raise ValueError(f"{where}: the state dict has {len(groups)} parameter group(s), "
                              f"this optimizer {len(self.param_groups)}")
-        for i, (saved, own) in enumerate(zip(groups, self.param_groups)):
-            if len(saved["params"]) != len(own["params"]):
-                raise ValueError(f"{name}.load_state_dict: parameter group {i} has {len(saved['params'])} "
-                                 f"parameters in the state dict and {len(own['params'])} in this optimizer")
         by_index = {}
-        for saved, own in zip(groups, self.param_groups):
-            for index, p in zip(saved["params"], own["params"]):
-                by_index[int(index)] = p
+        for i, (saved, own) in enumerate(zip(indices, self.param_groups)):
+            if len(saved) != len(own["params"]):
+                raise ValueError(f"{where}: parameter group {i} has {len(saved)} "
+                                 f"parameters in the state dict and {len(own['params'])} in this optimizer")
+            for index, p in zip(saved, own["params"]):
+                if index in by_index:
+                    raise ValueError(f"{where}: parameter index {index} appears more than once in "
+                                     "'param_groups'")
+                by_index[index] = p
         state = {}
-        for index, buffers in state_dict["state"].items():
-            p = by_index.get(int(index))
+        for index, buffers in saved_state.items():
+            p = by_index.get(_as_index(index))
             if p is None:
-                raise ValueError(f"{name}.load_state_dict: state for parameter index {index}, which no group "
-                                 "lists")
-            state[p] = {k: _import(v, p, k) for k, v in buffers.items()}
+                raise ValueError(f"{where}: 'state' holds buffers for parameter index {index!r}, which no "
+                                 f"group lists (the groups list {sorted(by_index)})")
+            state[p] = self._import_buffers(buffers, p, index, where)
         new_groups = []
-        for saved, own in zip(groups, self.param_groups):
+        for i, (saved, own) in enumerate(zip(groups, self.param_groups)):
             group = {k: copy.deepcopy(v) for k, v in saved.items() if k != "params"}
             group["params"] = own["params"]
-            self._validate(group)
+            try:
+                self._validate(group)
+            except (TypeError, ValueError) as error:
+                kind = ValueError if isinstance(error, ValueError) else TypeError
+                raise kind(f"{where}: parameter group {i} of the state dict: {error}") from None
             new_groups.append(group)
         self.param_groups = new_groups
         self.state = state
+
+    def _saved_indices(self, i: int, saved: dict, where: str) -> list[int]:
+        """The parameter indices of saved group i, once it is known to hold this optimizer's
+        hyperparameters (and a list of indices)."""
+        names = {k for k in saved if k != "params"}
+        if names != set(self.defaults):
+            sources = [c.__name__ for c in _optimizer_classes() if _hyperparameters(c) == names]
+            whose = f" — {' or '.join(sources)}'s" if sources else ""
+            missing, extra = _listing(set(self.defaults) - names), _listing(names - set(self.defaults))
+            raise ValueError(f"{where}: parameter group {i} of the state dict has the hyperparameters "
+                             f"{_listing(names)}{whose}, not {type(self).__name__}'s "
+                             f"{_listing(self.defaults)} (missing {missing}, unexpected {extra}); it is "
+                             f"another optimizer's state")
+        indices = saved.get("params")
+        if not isinstance(indices, (list, tuple)) or not all(_as_index(k) is not None for k in indices):
+            raise ValueError(f"{where}: parameter group {i} of the state dict must list its parameters as "
+                             f"indices (non-negative ints) under 'params', got {_describe(indices)}")
+        return [_as_index(k) for k in indices]
+
+    def _import_buffers(self, buffers, p: Tensor, index, where: str) -> dict:
+        """A saved parameter's buffers, checked against what this optimizer keeps, as fresh arrays of the
+        parameter's shape, dtype and device; numbers stay numbers."""
+        what = f"the state of parameter {index!r}"
+        if not isinstance(buffers, dict):
+            raise ValueError(f"{where}: {what} must be a dict of buffers, got {_describe(buffers)}")
+        names = set(buffers)
+        known, required = self._state_buffers, self._required_buffers
+        if known is not None and not names <= set(known):
+            sources = [c.__name__ for c in _optimizer_classes()
+                       if c._state_buffers is not None and names <= set(c._state_buffers)]
+            whose = f" ({' or '.join(sources)}'s)" if sources else ""
+            raise ValueError(f"{where}: {what} holds the buffers {_listing(names)}{whose}; "
+                             f"{type(self).__name__} keeps {_listing(known)}")
+        if names and not set(required) <= names:
+            raise ValueError(f"{where}: {what} lacks the buffer(s) {_listing(set(required) - names)} that "
+                             f"{type(self).__name__} needs (it has {_listing(names)})")
+        return {key: _import(value, p, key, f"{where}: buffer {key!r} of parameter {index!r}")
+                for key, value in buffers.items()}
 
 
 def refuse_capture(p: Tensor, name: str, why: str) -> None:
@@ -188,17 +259,64 @@ def _export(value):
     return value
 
 
-def _import(value, param: Tensor, key: str):
-    """A saved buffer as a fresh array of the parameter's shape, dtype and device; numbers stay numbers."""
+def _import(value, param: Tensor, key: str, what: str):
+    """A saved buffer as a fresh array of the parameter's shape, dtype and device; a counter (a number, or
+    a 0-d array under the name 'step') as a Python int or float. `what` names the buffer in errors."""
     if isinstance(value, Tensor):
         value = value.data
     if isinstance(value, np.ndarray) or backend.is_cupy_array(value):
+        if value.dtype.kind not in "biuf":
+            raise ValueError(f"{what} has dtype {value.dtype}; expected a real number array")
         if value.ndim == 0 and key == "step":
-            return int(value.item()) if float(value.item()).is_integer() else float(value.item())
-        if tuple(value.shape) != param.shape:
-            raise ValueError(f"optimizer load_state_dict: buffer {key!r} has shape {tuple(value.shape)} "
-                             f"but its parameter has shape {param.shape}")
-        array = backend.to_device(value, param.device).astype(param.dtype, copy=False)
-        # a copy even when nothing was converted: the new optimizer must not share the old one's buffers
-        return array.copy() if array is value else array
-    return copy.deepcopy(value)
+            value = value.item()
+        else:
+            if tuple(value.shape) != param.shape:
+                raise ValueError(f"{what} has shape {tuple(value.shape)} but its parameter has shape "
+                                 f"{param.shape}")
+            array = backend.to_device(value, param.device).astype(param.dtype, copy=False)
+            # a copy even when nothing was converted: the new optimizer must not share the old one's buffers
+            return array.copy() if array is value else array
+    if isinstance(value, (numbers.Real, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{what} is {value!r}; expected a finite count >= 0")
+        return int(value) if float(value).is_integer() else float(value)
+    raise ValueError(f"{what} is a {type(value).__name__}; expected an array of the parameter's shape or a "
+                     "number")
+
+
+def _as_index(key) -> int | None:
+    """A parameter index as state_dict() writes it (an int; a string of digits after a JSON round trip)."""
+    if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)) and key >= 0:
+        return int(key)
+    if isinstance(key, str) and key.isascii() and key.isdigit():
+        return int(key)
+    return None
+
+
+def _listing(keys) -> str:
+    return "[" + ", ".join(sorted(map(repr, keys))) + "]"
+
+
+def _describe(value) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _optimizer_classes() -> list:
+    """Every Optimizer subclass defined so far (to name the one a foreign state dict came from)."""
+    found, stack = [], list(Optimizer.__subclasses__())
+    while stack:
+        cls = stack.pop(0)
+        found.append(cls)
+        stack.extend(cls.__subclasses__())
+    return found
+
+
+def _hyperparameters(cls) -> set:
+    """The hyperparameter names of an optimizer class: its constructor's arguments after `params`."""
+    try:
+        parameters = inspect.signature(cls.__init__).parameters.values()
+    except (TypeError, ValueError):
+        return set()
+    return {p.name for p in parameters if p.name not in ("self", "params")
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}

@@ -26,6 +26,8 @@ class SGD(Optimizer):
     dampening = 0.
     """
 
+    _state_buffers = ("momentum_buffer",)
+
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False):
         defaults = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
