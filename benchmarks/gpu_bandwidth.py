@@ -60,13 +60,13 @@ def cases(xp, k, n: int):
     out.append(("activation_backward_bias relu", 3 * unit + 4 * COLUMNS,
                 lambda: k.activation_backward_bias("relu", y2, x2, out=g2)))
     target = xp.asarray(rng.integers(0, COLUMNS, rows))
-    lse = k.softmax_cross_entropy_forward(x2, target, "mean")[1]
+    _, row_max, row_sum = k.softmax_cross_entropy_forward(x2, target, "mean")
     one = xp.ones((), dtype=np.float32)
-    # forward: logits once, targets, per-row loss and lse written, then the per-row losses summed
-    out.append(("softmax_cross_entropy_forward", unit + rows * (8 + 4 + 4 + 4),
+    # forward: logits once, targets, per-row loss, max and sum of exps written, then the losses summed
+    out.append(("softmax_cross_entropy_forward", unit + rows * (8 + 4 + 4 + 4 + 4),
                 lambda: k.softmax_cross_entropy_forward(x2, target, "mean")))
-    out.append(("softmax_cross_entropy_backward", 2 * unit + rows * (8 + 4),
-                lambda: k.softmax_cross_entropy_backward(x2, target, lse, one, "mean", out=g2)))
+    out.append(("softmax_cross_entropy_backward", 2 * unit + rows * (8 + 4 + 4),
+                lambda: k.softmax_cross_entropy_backward(x2, target, row_max, row_sum, one, "mean", out=g2)))
     param, buf = xp.asarray(rng.standard_normal(n, dtype=np.float32)), xp.zeros_like(x)
     out.append(("sgd_update", 3 * unit,
                 lambda: k.sgd_update(param, gy, None, 1e-9, 0.0, 0.0, 0.0, False, False)))

@@ -43,8 +43,10 @@ def _unfused(xp):
         lse = m[:, 0] + xp.log(xp.exp(z - m).sum(axis=1))
         return (lse - z[xp.arange(z.shape[0]), t]).mean(), lse
 
-    def softmax_ce_backward(z, t, lse):
-        p = xp.exp(z - lse[:, None])
+    def softmax_ce_backward(z, t, row_stats):
+        row_max, row_sum = row_stats
+        p = xp.exp(z - row_max[:, None])
+        p /= row_sum[:, None]
         p[xp.arange(z.shape[0]), t] -= 1
         return p / z.shape[0]
 
@@ -63,8 +65,8 @@ def _fused(k):
         sigmoid_forward=lambda x: k.activation_forward("sigmoid", x),
         sigmoid_backward=lambda y, gy: k.activation_backward("sigmoid", y, gy),
         softmax_ce_forward=lambda z, t: k.softmax_cross_entropy_forward(z, t, "mean"),
-        softmax_ce_backward=lambda z, t, lse: k.softmax_cross_entropy_backward(
-            z, t, lse, k_one(z), "mean"),
+        softmax_ce_backward=lambda z, t, row_stats: k.softmax_cross_entropy_backward(
+            z, t, *row_stats, k_one(z), "mean"),
         sgd=lambda p, g, buf: k.sgd_update(p, g, buf, 0.1, 1e-4, 0.9, 0.0, False, False),
     )
 
@@ -84,7 +86,7 @@ def _arguments(op, xp):
     if op == "softmax_ce_forward":
         return x, t
     if op == "softmax_ce_backward":
-        return x, t, kernels.for_array(x).softmax_cross_entropy_forward(x, t, "mean")[1]
+        return x, t, kernels.for_array(x).softmax_cross_entropy_forward(x, t, "mean")[1:]  # (max, sum)
     return x.copy(), x * 0.01, xp.zeros_like(x)  # sgd
 
 

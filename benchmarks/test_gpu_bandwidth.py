@@ -31,6 +31,6 @@ def test_bytes_moved_by_hand():
     assert moved["activation_backward elu"] == 3 * f32               # y, gy in; gx out
     assert moved["bias_activation_forward relu"] == 2 * f32 + 4 * 1024
     assert moved["activation_backward_bias relu"] == 3 * f32 + 4 * 1024  # y, gy in; gx, bias_grad out
-    assert moved["softmax_cross_entropy_forward"] == f32 + 4 * 20     # 4 rows: int64 target, 3 floats
-    assert moved["softmax_cross_entropy_backward"] == 2 * f32 + 4 * 12
+    assert moved["softmax_cross_entropy_forward"] == f32 + 4 * 24     # 4 rows: int64 target, 4 floats
+    assert moved["softmax_cross_entropy_backward"] == 2 * f32 + 4 * 16  # int64 target, max and sum
     assert moved["sgd_update"] == 3 * f32 and moved["sgd_update momentum"] == 5 * f32

@@ -6,6 +6,15 @@
 // The forward reads each logit once, with an online log-sum-exp (running max and a sum rescaled
 // whenever the max grows), so it is stable for logits of any magnitude without a second pass.
 //
+// The forward keeps each row's max m and sum s = sum(exp(x - m)) rather than lse = m + log(s):
+// rounded to T, lse is off by up to half an ulp of m (4 at logits of 1e8), and exp(x - lse) turns
+// that absolute error into a relative one. The loss is (m - x[t]) + log(s) and the gradient
+// (exp(x - m) - onehot * s) * (g / s): differences of logits are exact when the logits are close,
+// so both keep their relative precision at any offset.
+//
+// A row whose max is not finite (all -inf, or any +inf or NaN) gets s = NaN, so its loss and
+// every gradient element are NaN, as in PyTorch and the NumPy twin.
+//
 // Targets outside [0, cols) are validated by the Python caller; the kernels still never read
 // outside the row for them and write NaN for that row, so a bad label cannot corrupt memory or
 // pass unnoticed.
@@ -43,28 +52,33 @@ __device__ __forceinline__ WarpRows warp_rows() {
     return mine;
 }
 
-// Add one logit to a running (max, sum of exp(v - max)).
+// Add one logit to a running (max, sum of exp(v - max)). The sum is kept in double for float logits
+// too: a lane adds cols / 32 terms one after another, and in float their rounding would grow with the
+// row (3e-5 at a million columns) and pass straight into the gradient. The rescale factor is a
+// double exp for the same reason: a row of rising logits rescales at every element.
 template <typename T>
-__device__ __forceinline__ void lse_push(T v, T& running_max, T& running_sum) {
+__device__ __forceinline__ void lse_push(T v, T& running_max, double& running_sum) {
     if (v > running_max) {
-        running_sum = running_sum * exp_(running_max - v) + T(1);
+        running_sum = running_sum * exp((double)running_max - (double)v) + 1.0;
         running_max = v;
     } else {
-        // v == max also covers a row of -inf logits, where v - max would be NaN
-        running_sum += (v == running_max) ? T(1) : exp_(v - running_max);
+        // v == max covers -inf before any finite logit (-inf - -inf would make the sum NaN for good);
+        // a row whose max stays infinite is settled once, after the reduction
+        running_sum += (v == running_max) ? 1.0 : (double)exp_(v - running_max);
     }
 }
 
-// Rescale a partial sum taken relative to `partial_max` to be relative to `max`.
+// Rescale a partial sum taken relative to `partial_max` to be relative to `max`. Equal maxima skip the
+// exp: a lane that saw no logit has max -inf and sum 0, and 0 * exp(-inf - -inf) would be NaN.
 template <typename T>
-__device__ __forceinline__ T rescaled(T partial_sum, T partial_max, T max) {
-    return partial_max == max ? partial_sum : partial_sum * exp_(partial_max - max);
+__device__ __forceinline__ double rescaled(double partial_sum, T partial_max, T max) {
+    return partial_max == max ? partial_sum : partial_sum * exp((double)partial_max - (double)max);
 }
 
 template <typename T>
 __device__ void softmax_cross_entropy_forward(const T* __restrict__ logits, const long long* __restrict__ target,
-                                              T* __restrict__ loss, T* __restrict__ lse,
-                                              long long rows, long long cols) {
+                                              T* __restrict__ loss, T* __restrict__ row_max,
+                                              T* __restrict__ row_sum, long long rows, long long cols) {
     typedef typename Vec16<T>::type V;
     const int W = Vec16<T>::width;
     const WarpRows mine = warp_rows();
@@ -74,7 +88,7 @@ __device__ void softmax_cross_entropy_forward(const T* __restrict__ logits, cons
     for (long long r = mine.first; r < rows; r += mine.stride) {
         const T* row = logits + r * cols;
         T m = negative_infinity<T>();
-        T s = T(0);
+        double s = 0.0;
         if (vectorize) {
             const V* row_v = reinterpret_cast<const V*>(row);
             for (long long j = lane; j < cols / W; j += 32) {
@@ -89,16 +103,18 @@ __device__ void softmax_cross_entropy_forward(const T* __restrict__ logits, cons
 #pragma unroll
         for (int offset = 16; offset > 0; offset >>= 1) {
             T other_m = __shfl_xor_sync(FULL_WARP, m, offset);
-            T other_s = __shfl_xor_sync(FULL_WARP, s, offset);
+            double other_s = __shfl_xor_sync(FULL_WARP, s, offset);
             T new_m = other_m > m ? other_m : m;
             s = rescaled(s, m, new_m) + rescaled(other_s, other_m, new_m);
             m = new_m;
         }
         if (lane == 0) {
-            const T row_lse = m + log_(s);
+            // lse_push never forms inf - inf, so a row with an infinite max is made NaN here, as the twin's is
+            const T sum = isfinite(m) ? (T)s : quiet_nan<T>();
             const long long t = target[r];
-            lse[r] = row_lse;
-            loss[r] = (t >= 0 && t < cols) ? row_lse - row[t] : quiet_nan<T>();
+            row_max[r] = m;
+            row_sum[r] = sum;
+            loss[r] = (t >= 0 && t < cols) ? (m - row[t]) + log_(sum) : quiet_nan<T>();
         }
     }
 }
@@ -125,14 +141,16 @@ __device__ void sum_divided(const T* __restrict__ values, T* __restrict__ out, T
     }
 }
 
-// grad[r, c] = (exp(logits[r, c] - lse[r]) - (c == target[r])) * g_r, where g_r is
-// grad_loss[r] when per_row, else grad_loss[0] / divisor (divisor = rows for 'mean', 1 for 'sum').
-// grad_loss is read on the device so the backward never waits for the host.
+// grad[r, c] = (softmax(logits[r])[c] - (c == target[r])) * g_r, computed as
+// (exp(logits[r, c] - row_max[r]) - (c == target[r]) * row_sum[r]) * (g_r / row_sum[r]): one multiply
+// per element, and exact where the true values are representable (equal logits give g/C and
+// -(C - 1) * g/C). g_r is grad_loss[r] when per_row, else grad_loss[0] / divisor (divisor = rows for
+// 'mean', 1 for 'sum'). grad_loss is read on the device so the backward never waits for the host.
 template <typename T>
 __device__ void softmax_cross_entropy_backward(const T* __restrict__ logits, const long long* __restrict__ target,
-                                               const T* __restrict__ lse, const T* __restrict__ grad_loss,
-                                               T* __restrict__ grad, T divisor, long long rows, long long cols,
-                                               int per_row) {
+                                               const T* __restrict__ row_max, const T* __restrict__ row_sum,
+                                               const T* __restrict__ grad_loss, T* __restrict__ grad, T divisor,
+                                               long long rows, long long cols, int per_row) {
     typedef typename Vec16<T>::type V;
     const int W = Vec16<T>::width;
     const WarpRows mine = warp_rows();
@@ -143,8 +161,9 @@ __device__ void softmax_cross_entropy_backward(const T* __restrict__ logits, con
         T* grad_row = grad + r * cols;
         const long long t = target[r];
         const bool valid = t >= 0 && t < cols;
-        const T row_lse = lse[r];
-        const T g = per_row ? grad_loss[r] : grad_loss[0] / divisor;
+        const T m = row_max[r];
+        const T s = row_sum[r];
+        const T scale = (per_row ? grad_loss[r] : grad_loss[0] / divisor) / s;
         if (vectorize) {
             const V* row_v = reinterpret_cast<const V*>(row);
             V* grad_v = reinterpret_cast<V*>(grad_row);
@@ -153,17 +172,17 @@ __device__ void softmax_cross_entropy_backward(const T* __restrict__ logits, con
                 T* e = reinterpret_cast<T*>(&v);
 #pragma unroll
                 for (int k = 0; k < W; ++k) {
-                    T p = exp_(e[k] - row_lse);
-                    if (j * W + k == t) p -= T(1);
-                    e[k] = valid ? p * g : quiet_nan<T>();
+                    T p = exp_(e[k] - m);
+                    if (j * W + k == t) p -= s;
+                    e[k] = valid ? p * scale : quiet_nan<T>();
                 }
                 grad_v[j] = v;
             }
         } else {
             for (long long j = lane; j < cols; j += 32) {
-                T p = exp_(row[j] - row_lse);
-                if (j == t) p -= T(1);
-                grad_row[j] = valid ? p * g : quiet_nan<T>();
+                T p = exp_(row[j] - m);
+                if (j == t) p -= s;
+                grad_row[j] = valid ? p * scale : quiet_nan<T>();
             }
         }
     }
@@ -172,19 +191,19 @@ __device__ void softmax_cross_entropy_backward(const T* __restrict__ logits, con
 #define SOFTMAX_CROSS_ENTROPY_KERNELS(SUFFIX, T)                                                         \
     extern "C" __global__ void softmax_cross_entropy_forward_##SUFFIX(                                   \
             const T* __restrict__ logits, const long long* __restrict__ target, T* __restrict__ loss,    \
-            T* __restrict__ lse, long long rows, long long cols) {                                       \
-        softmax_cross_entropy_forward<T>(logits, target, loss, lse, rows, cols);                         \
+            T* __restrict__ row_max, T* __restrict__ row_sum, long long rows, long long cols) {          \
+        softmax_cross_entropy_forward<T>(logits, target, loss, row_max, row_sum, rows, cols);            \
     }                                                                                                    \
     extern "C" __global__ void sum_divided_##SUFFIX(                                                     \
             const T* __restrict__ values, T* __restrict__ out, T divisor, long long n) {                 \
         sum_divided<T>(values, out, divisor, n);                                                         \
     }                                                                                                    \
     extern "C" __global__ void softmax_cross_entropy_backward_##SUFFIX(                                  \
-            const T* __restrict__ logits, const long long* __restrict__ target, const T* __restrict__ lse, \
-            const T* __restrict__ grad_loss, T* __restrict__ grad, T divisor, long long rows,            \
-            long long cols, int per_row) {                                                               \
-        softmax_cross_entropy_backward<T>(logits, target, lse, grad_loss, grad, divisor, rows, cols,     \
-                                          per_row);                                                      \
+            const T* __restrict__ logits, const long long* __restrict__ target,                          \
+            const T* __restrict__ row_max, const T* __restrict__ row_sum, const T* __restrict__ grad_loss, \
+            T* __restrict__ grad, T divisor, long long rows, long long cols, int per_row) {               \
+        softmax_cross_entropy_backward<T>(logits, target, row_max, row_sum, grad_loss, grad, divisor,    \
+                                          rows, cols, per_row);                                          \
     }
 
 SOFTMAX_CROSS_ENTROPY_KERNELS(f32, float)

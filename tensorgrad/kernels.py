@@ -77,6 +77,11 @@ def _check_softmax_ce(fn: str, logits, target, reduction: str) -> None:
         raise ValueError(f"{fn}: unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
 
 
+def _check_row_stats(fn: str, row_max, row_sum, logits) -> None:
+    for name, stat in (("row_max", row_max), ("row_sum", row_sum)):
+        _check_like(fn, name, stat, logits.shape[:1], logits.dtype, "one per row of logits, from the forward")
+
+
 def _check_grad_loss(fn: str, grad_loss, logits, reduction: str) -> None:
     expected = (logits.shape[0],) if reduction == "none" else ()
     _check_like(fn, "grad_loss", grad_loss, expected, logits.dtype, f"reduction {reduction!r}")
@@ -260,50 +265,57 @@ class NumpyKernels:
     def softmax_cross_entropy_forward(self, logits, target, reduction: str = "mean"):
         """Cross-entropy of softmax(logits) against class indices.
 
-        logits (N, C) float, target (N,) int64. Returns (loss, lse): lse (N,) is the row-wise
-        log-sum-exp that the backward reuses; loss is lse - logits[i, target[i]], reduced to shape
-        () for 'mean'/'sum' or kept (N,) for 'none'. A target outside [0, C) gives NaN for its row
-        (the callers check targets; this only mirrors the CUDA kernel, which must not read there).
+        logits (N, C) float, target (N,) int64. Returns (loss, row_max, row_sum), which the backward
+        reuses: row_max (N,) is each row's largest logit, row_sum (N,) = sum(exp(logits - row_max)) along
+        the row. loss is (row_max - logits[i, target[i]]) + log(row_sum), reduced to shape () for
+        'mean'/'sum' or kept (N,) for 'none'. The two are kept apart, never folded into one rounded
+        log-sum-exp: that is off by up to half an ulp of the max (4 at logits of 1e8), an absolute
+        error that exp(logits - lse) would turn into a relative one.
+
+        A row whose max is not finite (all -inf, any +inf or NaN) has row_sum NaN, so its loss and
+        gradient are NaN, as in PyTorch. A target outside [0, C) gives NaN for its row (the callers
+        check targets; this only mirrors the CUDA kernel, which must not read there).
         """
         fn = "softmax_cross_entropy_forward"
         _check_softmax_ce(fn, logits, target, reduction)
         n, c = logits.shape
-        row_max = logits.max(axis=1, keepdims=True)
-        shifted = np.subtract(logits, row_max)
-        np.exp(shifted, out=shifted)
-        lse = shifted.sum(axis=1)
-        np.log(lse, out=lse)
-        lse += row_max[:, 0]
+        row_max = logits.max(axis=1)
         picked_target, bad_rows = _safe_targets(target, c)
-        loss = np.subtract(lse, logits[np.arange(n), picked_target])
+        # inf - inf, in rows whose max is infinite, is the NaN those rows should get
+        with np.errstate(invalid="ignore"):
+            shifted = np.subtract(logits, row_max[:, None])
+            loss = np.subtract(row_max, logits[np.arange(n), picked_target])
+        np.exp(shifted, out=shifted)
+        row_sum = shifted.sum(axis=1)
+        loss += np.log(row_sum)
         if bad_rows is not None:
             loss[bad_rows] = np.nan
-        return _reduce_loss(loss, reduction), lse
+        return _reduce_loss(loss, reduction), row_max, row_sum
 
-    def softmax_cross_entropy_backward(self, logits, target, lse, grad_loss, reduction: str = "mean",
-                                       out=None):
+    def softmax_cross_entropy_backward(self, logits, target, row_max, row_sum, grad_loss,
+                                       reduction: str = "mean", out=None):
         """grad_logits (N, C) = (softmax(logits) - onehot(target)) * g.
 
         g is grad_loss / N for 'mean', grad_loss for 'sum' (both 0-d arrays) and grad_loss[i] for
-        row i for 'none' (grad_loss (N,)). lse (N,) comes from the forward. Rows whose target is
-        outside [0, C) become NaN.
+        row i for 'none' (grad_loss (N,)). row_max, row_sum (N,) come from the forward. Computed as
+        (exp(logits - row_max) - onehot * row_sum) * (g / row_sum), the CUDA kernel's arithmetic: one
+        multiply per element, and exact where the true values are representable (equal logits give
+        g/C and -(C - 1) * g/C). Rows whose target is outside [0, C) become NaN.
         """
         fn = "softmax_cross_entropy_backward"
         _check_softmax_ce(fn, logits, target, reduction)
-        _check_like(fn, "lse", lse, logits.shape[:1], logits.dtype, "one per row of logits")
+        _check_row_stats(fn, row_max, row_sum, logits)
         _check_grad_loss(fn, grad_loss, logits, reduction)
         n, c = logits.shape
-        grad = np.subtract(logits, lse[:, None], out=_check_out(fn, out, logits, "logits"))
+        with np.errstate(invalid="ignore"):  # inf - inf where the max is infinite: NaN rows, as the forward's
+            grad = np.subtract(logits, row_max[:, None], out=_check_out(fn, out, logits, "logits"))
         np.exp(grad, out=grad)
         picked_target, bad_rows = _safe_targets(target, c)
-        grad[np.arange(n), picked_target] -= 1
-        if reduction == "none":
-            np.multiply(grad, grad_loss[:, None], out=grad)
-        elif reduction == "mean":
-            # grad_loss / N stays a 0-d array of the logits' dtype (no float64 detour for float32)
-            np.multiply(grad, np.divide(grad_loss, max(n, 1)), out=grad)
-        else:
-            np.multiply(grad, grad_loss, out=grad)
+        grad[np.arange(n), picked_target] -= row_sum
+        # grad_loss / N stays of the logits' dtype (no float64 detour for float32), as in the kernel
+        weight = np.divide(grad_loss, max(n, 1)) if reduction == "mean" else grad_loss
+        scale = np.divide(weight, row_sum)
+        np.multiply(grad, scale[:, None], out=grad)
         if bad_rows is not None:
             grad[bad_rows] = np.nan
         return grad
@@ -628,33 +640,35 @@ class CudaKernels:
         return (max(1, min(self._max_blocks, -(-rows // _ROWS_PER_BLOCK))),)
 
     def softmax_cross_entropy_forward(self, logits, target, reduction: str = "mean"):
-        """(loss, lse) as NumpyKernels.softmax_cross_entropy_forward; the reduction stays on the device."""
+        """(loss, row_max, row_sum) as NumpyKernels.softmax_cross_entropy_forward; the reduction stays
+        on the device."""
         fn = "softmax_cross_entropy_forward"
         _check_softmax_ce(fn, logits, target, reduction)
         cp, dtype = self._cupy, logits.dtype
         rows, cols = logits.shape
         suffix = _DTYPE_SUFFIX[dtype]
-        lse = cp.empty(rows, dtype=dtype)
+        row_max = cp.empty(rows, dtype=dtype)
+        row_sum = cp.empty(rows, dtype=dtype)
         row_loss = cp.empty(rows, dtype=dtype)
         if rows:
             self._function(f"softmax_cross_entropy_forward_{suffix}")(
                 self._row_blocks(rows), (_THREADS_PER_BLOCK,),
-                (logits, target, row_loss, lse, np.int64(rows), np.int64(cols)))
+                (logits, target, row_loss, row_max, row_sum, np.int64(rows), np.int64(cols)))
         if reduction == "none":
-            return row_loss, lse
+            return row_loss, row_max, row_sum
         loss = cp.empty((), dtype=dtype)
         divisor = dtype.type(rows if reduction == "mean" else 1)
         self._function(f"sum_divided_{suffix}")((1,), (_THREADS_PER_BLOCK,),
                                                  (row_loss, loss, divisor, np.int64(rows)))
-        return loss, lse
+        return loss, row_max, row_sum
 
-    def softmax_cross_entropy_backward(self, logits, target, lse, grad_loss, reduction: str = "mean",
-                                       out=None):
+    def softmax_cross_entropy_backward(self, logits, target, row_max, row_sum, grad_loss,
+                                       reduction: str = "mean", out=None):
         """grad_logits (N, C) as NumpyKernels.softmax_cross_entropy_backward, in one pass; grad_loss is
         read on the device."""
         fn = "softmax_cross_entropy_backward"
         _check_softmax_ce(fn, logits, target, reduction)
-        _check_like(fn, "lse", lse, logits.shape[:1], logits.dtype, "one per row of logits")
+        _check_row_stats(fn, row_max, row_sum, logits)
         _check_grad_loss(fn, grad_loss, logits, reduction)
         grad = self._cupy.empty_like(logits) if _check_out(fn, out, logits, "logits") is None else out
         rows, cols = logits.shape
@@ -662,8 +676,8 @@ class CudaKernels:
             divisor = logits.dtype.type(rows if reduction == "mean" else 1)
             self._function(f"softmax_cross_entropy_backward_{_DTYPE_SUFFIX[logits.dtype]}")(
                 self._row_blocks(rows), (_THREADS_PER_BLOCK,),
-                (logits, target, lse, grad_loss, grad, divisor, np.int64(rows), np.int64(cols),
-                 np.int32(reduction == "none")))
+                (logits, target, row_max, row_sum, grad_loss, grad, divisor, np.int64(rows),
+                 np.int64(cols), np.int32(reduction == "none")))
         return grad
 
     # -- matrix product ---------------------------------------------------------------------

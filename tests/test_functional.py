@@ -246,6 +246,86 @@ def test_cross_entropy_shape_and_type_errors():
 
 
 # ---------------------------------------------------------------------------------------------
+# precision of the fused cross-entropy in float32 far from zero, and rows whose max is not finite
+
+def _float64_cross_entropy(z32, y, reduction):
+    """(loss, grad of the reduced loss) in float64 from the float32 logits as given."""
+    z = z32.astype(np.float64)
+    shifted = z - z.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    rows = np.arange(len(y))
+    per_row = -log_p[rows, y]
+    grad = np.exp(log_p)
+    grad[rows, y] -= 1
+    if reduction == "mean":
+        return per_row.mean(), grad / len(y)
+    return per_row.sum(), grad
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("offset", [1e0, 1e2, 1e4, 1e6, 1e8])
+def test_cross_entropy_float32_is_precise_at_large_offsets(offset, reduction):
+    # The gradient's error is normwise, max |g - ref| / max |ref| over all of it: each element against the
+    # gradient's scale (1/N for 'mean'). An lse rounded to float32 gave 3.5e-6 at 1e2, 4e-4 at 1e4, 3e-2
+    # at 1e6 and 0.9 at 1e8. Element by element it could not be asked: where the target's softmax p is
+    # close to 1, p - 1 needs digits no float32 computation holds (PyTorch's neither).
+    rng = np.random.default_rng(12)
+    n, c = 64, 10
+    z32 = (rng.normal(scale=3.0, size=(n, c)) + offset).astype(np.float32)  # 8 apart at 1e8: taken as given
+    y = rng.integers(0, c, size=n)
+    logits = tg.tensor(z32, requires_grad=True)
+    loss = F.cross_entropy(logits, y, reduction=reduction)
+    loss.backward()
+    expected_loss, expected_grad = _float64_cross_entropy(z32, y, reduction)
+    assert loss.dtype == np.float32 and abs(loss.item() - expected_loss) <= 1e-6 * expected_loss
+    error = np.abs(logits.grad.numpy() - expected_grad).max() / np.abs(expected_grad).max()
+    assert error <= 1e-6, f"normwise relative error {error:.3g} at offset {offset:g}"
+
+
+@pytest.mark.parametrize("reduction, exact",
+                         [("mean", [1 / 9, 1 / 9, -2 / 9]), ("sum", [1 / 3, 1 / 3, -2 / 3])])
+def test_cross_entropy_of_equal_logits_at_1e30_is_exact(reduction, exact):
+    # softmax is 1/3 everywhere, so the gradient is (1/3 - onehot) / N rounded once; a rounded lse made it
+    # [1/3, 1/3, 0] (1e30 + log 3 rounds to 1e30) and the loss 0
+    logits = tg.tensor(np.full((3, 3), 1e30, np.float32), requires_grad=True)
+    loss = F.cross_entropy(logits, np.array([2, 2, 2]), reduction=reduction)
+    loss.backward()
+    np.testing.assert_array_equal(logits.grad.numpy(), np.array([exact] * 3, np.float32))
+    np.testing.assert_allclose(loss.item(), np.log(3) * (1 if reduction == "mean" else 3), rtol=3e-7)
+
+
+def _minus_inf_row_case(reduction):
+    """Logits whose row 0 is all -inf, beside an ordinary row; the loss and its gradient (upstream ones)."""
+    z = np.array([[-np.inf, -np.inf, -np.inf], [0.0, 1.0, 2.0]], np.float32)
+    logits = tg.tensor(z, requires_grad=True)
+    loss = F.cross_entropy(logits, np.array([0, 1]), reduction=reduction)
+    loss.backward(tg.ones(loss.shape))
+    return z, loss.numpy(), logits.grad.numpy()
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_row_of_minus_inf_is_nan(reduction):
+    # as PyTorch: the row's loss and every gradient element of it are NaN, the other rows unaffected
+    # (and no RuntimeWarning, which pytest would turn into an error)
+    z, loss, grad = _minus_inf_row_case(reduction)
+    assert np.isnan(loss).all() if reduction != "none" else np.isnan(loss[0]) and np.isfinite(loss[1])
+    assert np.isnan(grad[0]).all()
+    ordinary = (_np_softmax(z[1].astype(np.float64)) - [0, 1, 0]) / (2 if reduction == "mean" else 1)
+    np.testing.assert_allclose(grad[1], ordinary, rtol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_row_of_minus_inf_matches_torch(reduction):
+    torch = pytest.importorskip("torch")
+    z, loss, grad = _minus_inf_row_case(reduction)
+    th = torch.tensor(z, requires_grad=True)
+    th_loss = torch.nn.functional.cross_entropy(th, torch.tensor([0, 1]), reduction=reduction)
+    th_loss.backward(torch.ones_like(th_loss))
+    np.testing.assert_allclose(loss, th_loss.detach().numpy(), rtol=1e-6)  # NaN where torch has NaN
+    np.testing.assert_allclose(grad, th.grad.numpy(), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
 # stability at |z| = 1e4 (pytest turns RuntimeWarnings such as overflow into errors)
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -198,10 +198,12 @@ class SoftmaxCrossEntropy(Node):
     """Cross-entropy of softmax(logits) against class indices, forward and backward fused.
 
     logits (N, C) float, target (N,) int64 (an array, never differentiated). Forward keeps logits and
-    the row-wise log-sum-exp; backward is (softmax - onehot(target)) * upstream / N for 'mean'.
+    each row's max and sum of exp(logits - max), not one rounded log-sum-exp (which would cost the
+    gradient its precision at large logits); backward is (softmax - onehot(target)) * upstream / N
+    for 'mean'.
     """
 
-    __slots__ = ("logits", "target", "lse", "reduction")
+    __slots__ = ("logits", "target", "row_max", "row_sum", "reduction")
     name = "cross_entropy"
 
     def forward(self, logits, target, reduction="mean"):
@@ -209,20 +211,21 @@ class SoftmaxCrossEntropy(Node):
             # On CUDA this check would cost a device->host sync; the kernel writes NaN instead.
             check_labels(target, logits.shape[1], "cross_entropy")
         logits = _contiguous(logits)
-        loss, lse = kernels.for_array(logits).softmax_cross_entropy_forward(logits, target, reduction)
+        loss, row_max, row_sum = kernels.for_array(logits).softmax_cross_entropy_forward(logits, target,
+                                                                                           reduction)
         self.reduction = reduction
         if self.needs_grad(0):
-            self.logits, self.target, self.lse = logits, target, lse
+            self.logits, self.target, self.row_max, self.row_sum = logits, target, row_max, row_sum
         return loss
 
     def backward(self, g):
         g = _contiguous(_as_dtype(g, self.logits.dtype))
         return (kernels.for_array(self.logits).softmax_cross_entropy_backward(
-            self.logits, self.target, self.lse, g, self.reduction), None)
+            self.logits, self.target, self.row_max, self.row_sum, g, self.reduction), None)
 
     def release(self):
         Node.release(self)
-        self.logits = self.target = self.lse = None
+        self.logits = self.target = self.row_max = self.row_sum = None
 
 
 class NLLLoss(Node):
