@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import backend
+from .. import autograd, backend
 from ..tensor import Tensor, as_dtype
 
 
@@ -34,6 +34,8 @@ class Parameter(Tensor):
         self.grad_fn = None
         self.name = None
         self._requires_grad = False
+        # the same storage as t, so the same version counter: changing t in place is seen too
+        self._version_box = autograd.version_of(data) if isinstance(data, Tensor) else None
         self.requires_grad = requires_grad  # TypeError for integer data, as for any tensor
 
     def __repr__(self) -> str:
