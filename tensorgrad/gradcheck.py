@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _checks
 from .autograd import grad, no_grad
 from .tensor import Tensor
 
@@ -14,7 +15,12 @@ class GradcheckError(RuntimeError):
 
 def _outputs(fn, inputs) -> list:
     out = fn(*inputs)
-    return list(out) if isinstance(out, (tuple, list)) else [out]
+    outputs = list(out) if isinstance(out, (tuple, list)) else [out]
+    for k, o in enumerate(outputs):
+        if not isinstance(o, Tensor):
+            raise TypeError(f"gradcheck: fn must return a Tensor or a tuple of Tensors; output {k} is a "
+                            f"{type(o).__name__}")
+    return outputs
 
 
 def gradcheck(fn, inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1e-3) -> bool:
@@ -24,6 +30,11 @@ def gradcheck(fn, inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1
     inputs: Tensors; those with requires_grad are checked, and should be float64.
     Returns True, or raises GradcheckError naming the input, the element and both values.
     """
+    if not callable(fn):
+        raise TypeError(f"gradcheck: expected fn to be callable, got {type(fn).__name__}")
+    eps = _checks.real(eps, "gradcheck", "eps", low=0, low_open=True)
+    atol = _checks.real(atol, "gradcheck", "atol", low=0)
+    rtol = _checks.real(rtol, "gradcheck", "rtol", low=0)
     inputs = list(inputs) if isinstance(inputs, (tuple, list)) else [inputs]
     checked = [i for i, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]
     if not checked:

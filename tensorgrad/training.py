@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
 import os
 import sys
 import time
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tensorgrad import backend
+from tensorgrad import _checks, backend
 from tensorgrad._atomic import atomic_write
 from tensorgrad.autograd import no_grad
 
@@ -148,10 +149,8 @@ class EarlyStopping:
         if patience is not None and (isinstance(patience, bool) or not isinstance(patience, (int, np.integer))
                                      or patience < 1):
             raise ValueError(f"EarlyStopping: expected patience to be None or an int >= 1, got {patience!r}")
-        if not min_delta >= 0:
-            raise ValueError(f"EarlyStopping: expected min_delta >= 0, got {min_delta!r}")
         self.patience = None if patience is None else int(patience)
-        self.min_delta = float(min_delta)
+        self.min_delta = _checks.real(min_delta, "EarlyStopping", "min_delta", low=0)
         self.best: float = math.inf
         self.best_epoch: int | None = None
         self.epoch = 0
@@ -159,6 +158,11 @@ class EarlyStopping:
 
     def update(self, loss: float) -> bool:
         """Record the next epoch's loss; True when it is a new minimum."""
+        if hasattr(loss, "item") and getattr(loss, "size", 1) == 1:  # a one-element Tensor or array
+            loss = loss.item()
+        if isinstance(loss, (bool, np.bool_)) or not isinstance(loss, numbers.Real):
+            raise TypeError(f"EarlyStopping.update: expected the epoch's loss as a number, got "
+                            f"{type(loss).__name__}")
         self.epoch += 1
         loss = float(loss)
         if loss < self.best - self.min_delta:
@@ -182,6 +186,9 @@ def evaluate(model, loader: Iterable, loss_fn: Callable) -> tuple[float, float]:
     shape (N, C), C >= 2, and targets of class indices (N,) or class scores (N, C); NaN otherwise.
     Returns (loss, accuracy) as Python floats; (nan, nan) for a loader with no samples.
     """
+    _check_callable(model, "evaluate", "model")
+    _check_callable(loss_fn, "evaluate", "loss_fn")
+    _check_iterable(loader, "evaluate", "loader")
     was_training = getattr(model, "training", None)
     if hasattr(model, "eval"):
         model.eval()
@@ -210,6 +217,17 @@ def evaluate(model, loader: Iterable, loss_fn: Callable) -> tuple[float, float]:
         return math.nan, math.nan
     accuracy = float(correct) / seen if accuracy_defined else math.nan
     return float(total_loss) / seen, accuracy
+
+
+def _check_callable(value, op: str, name: str) -> None:
+    if not callable(value):
+        raise TypeError(f"{op}: expected {name} to be callable, got {type(value).__name__}")
+
+
+def _check_iterable(value, op: str, name: str) -> None:
+    if not hasattr(value, "__iter__") or isinstance(value, (str, bytes)):
+        raise TypeError(f"{op}: expected {name} to be an iterable of (x, y) batches, "
+                        f"got {type(value).__name__}")
 
 
 def _count_correct(out, y):
@@ -254,7 +272,23 @@ def fit(model, loss_fn: Callable, optimizer, train_loader: Iterable, val_loader:
     (and 4 times a second while a progress bar is shown), so a GPU is never made to wait per batch.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-        raise ValueError(f"fit: expected epochs to be an int >= 0, got {epochs!r}")
+        raise ValueError(f"fit: expected epochs to be an int >= 0, got {epochs!r:.60}")
+    _check_callable(model, "fit", "model")
+    _check_callable(loss_fn, "fit", "loss_fn")
+    if not (callable(getattr(optimizer, "step", None)) and callable(getattr(optimizer, "zero_grad", None))):
+        raise TypeError(f"fit: expected an optimizer with step() and zero_grad(), got "
+                        f"{type(optimizer).__name__}")
+    _check_iterable(train_loader, "fit", "train_loader")
+    if val_loader is not None:
+        _check_iterable(val_loader, "fit", "val_loader")
+    for name, function in (("validate", validate), ("on_epoch_end", on_epoch_end)):
+        if function is not None:
+            _check_callable(function, "fit", name)
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"fit: expected checkpoint to be a path or None, got {type(checkpoint).__name__}")
+    restore_best = _checks.flag(restore_best, "fit", "restore_best")
+    if progress is not None:
+        _checks.flag(progress, "fit", "progress")
     if val_loader is not None and validate is not None:
         raise ValueError("fit: pass val_loader or validate, not both")
     if validate is None and val_loader is not None:

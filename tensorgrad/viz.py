@@ -25,7 +25,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from . import backend
+from . import _checks, backend
 from ._atomic import atomic_write
 from .autograd import Meta, Node
 from .tensor import Tensor
@@ -64,15 +64,26 @@ def format_number(x, precision: int = 4) -> str:
 
     Returns e.g. '0.7311', '-2', '1.235e4', '1e-5', 'nan', 'True'.
     """
+    _check_precision(precision)
     if isinstance(x, (bool, np.bool_)):
         return str(bool(x))
     if isinstance(x, (int, np.integer)):
         return str(int(x))
+    if not isinstance(x, (float, np.floating)):
+        raise TypeError(f"viz.format_number: expected a number, got {type(x).__name__}")
     text = format(float(x), f".{precision}g")
     if "e" in text:
         mantissa, exponent = text.split("e")
         text = f"{mantissa}e{int(exponent)}"
     return text
+
+
+def _check_precision(precision) -> int:
+    """Significant digits: an int in [1, 17] (17 shows every digit that a float64 holds)."""
+    precision = _checks.integer(precision, "viz", "precision", low=1)
+    if precision > 17:
+        raise ValueError(f"viz: precision must be at most 17 (all the digits of a float64), got {precision}")
+    return precision
 
 
 def _nested(values, precision: int) -> str:
@@ -122,6 +133,8 @@ class _Entry:
 def _check_show(show) -> tuple:
     if isinstance(show, str):
         show = (show,)
+    if not hasattr(show, "__iter__"):
+        raise TypeError(f"viz: show must be a string or an iterable of strings, got {type(show).__name__}")
     show = tuple(show)
     unknown = [s for s in show if s not in SHOWABLE]
     if unknown:
@@ -166,6 +179,7 @@ def _topological(start) -> list:
 def _describe(root, show, precision) -> list:
     """A snapshot of the graph of `root`: one _Entry per node and leaf, in forward order, the root last."""
     show = _check_show(show)
+    _check_precision(precision)
     start = _start(root)
     order = _topological(start)
     index = {id(item): i for i, item in enumerate(order)}
@@ -339,6 +353,10 @@ def _run_dot(source: str, fmt: str, stdout) -> subprocess.CompletedProcess:
 
 
 def _render_source(source: str, path, format=None) -> pathlib.Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"render: expected a path (str or os.PathLike), got {type(path).__name__}")
+    if format is not None and not isinstance(format, str):
+        raise TypeError(f"render: expected format to be a string such as 'svg', got {type(format).__name__}")
     path = pathlib.Path(os.fspath(path))
     fmt = (format or path.suffix.lstrip(".")).lower()
     if fmt in DOT_SUFFIXES:

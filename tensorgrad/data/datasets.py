@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tensorgrad import _checks
 from tensorgrad._atomic import atomic_write
 
 __all__ = [
@@ -77,6 +78,13 @@ def _describe_magic(magic: int) -> str:
     return f"0x{magic:08X} (not an IDX magic number)"
 
 
+def _path(path, op: str) -> str:
+    """A file-system path given as str or os.PathLike, as a str."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{op}: expected a path (str or os.PathLike), got {type(path).__name__}")
+    return os.fspath(path)
+
+
 def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.ndarray:
     """Read one IDX file, gzipped or raw (told apart by content, not by name), into a NumPy array.
 
@@ -86,7 +94,9 @@ def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.n
     not IDX, has an unexpected magic number, or whose payload is shorter or longer than its
     header promises raises a ValueError naming the file, what was expected and what was found.
     """
-    path = os.fspath(path)
+    path = _path(path, "read_idx")
+    if expected_magic is not None:
+        _checks.integer(expected_magic, "read_idx", "expected_magic", low=0)
     with open(path, "rb") as raw:
         compressed = raw.read(2) == b"\x1f\x8b"
         raw.seek(0)
@@ -234,7 +244,13 @@ def download(files: Mapping[str, str], folder: str | os.PathLike, mirrors: Itera
     RuntimeError lists each URL tried and why, then `hint` (where to put the files by hand).
     Returns the paths of all `files`, in order.
     """
-    bases = [mirrors] if isinstance(mirrors, str) else list(mirrors)
+    if not isinstance(files, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in files.items()):
+        raise TypeError("download: expected files as a mapping {file name: MD5 hex string}, got "
+                        f"{type(files).__name__}")
+    folder = _path(folder, "download")
+    timeout = _checks.real(timeout, "download", "timeout", low=0, low_open=True)
+    bases = _mirror_list(mirrors, None, ())
     if not bases:
         raise ValueError("download: expected at least one mirror base URL, got none")
     folder = Path(folder)
@@ -273,7 +289,16 @@ def download(files: Mapping[str, str], folder: str | os.PathLike, mirrors: Itera
 def _mirror_list(mirrors, env_var: str, default: tuple[str, ...]) -> list[str]:
     """Explicit argument, else the environment variable (comma/space separated), else the default."""
     if mirrors is not None:
-        return [mirrors] if isinstance(mirrors, str) else list(mirrors)
+        if isinstance(mirrors, str):
+            bases = [mirrors]
+        else:
+            bases = list(mirrors) if isinstance(mirrors, Iterable) else None
+        if bases is None or not all(isinstance(b, str) for b in bases):
+            raise TypeError(f"download: expected mirrors as a base URL or a list of them, "
+                            f"got {mirrors!r:.80}")
+        return bases
+    if env_var is None:
+        return []
     from_env = [m for m in re.split(r"[,\s]+", os.environ.get(env_var, "")) if m]
     return from_env or list(default)
 
@@ -317,10 +342,14 @@ class MNIST:
     def __init__(self, root: str | os.PathLike, train: bool = True, download: bool = False,
                  mirrors: Iterable[str] | str | None = None, checksums: Mapping[str, str] | None = None,
                  timeout: float = 30.0):
-        self.root = Path(root).expanduser()
-        self.train = bool(train)
         name = type(self).__name__
-        if download:
+        self.root = Path(_path(root, name)).expanduser()
+        self.train = _checks.flag(train, name, "train")
+        timeout = _checks.real(timeout, name, "timeout", low=0, low_open=True)
+        if checksums is not None and not isinstance(checksums, Mapping):
+            raise TypeError(f"{name}: expected checksums as a mapping {{file name: MD5}}, got "
+                            f"{type(checksums).__name__}")
+        if _checks.flag(download, name, "download"):
             self._download(_mirror_list(mirrors, self.mirrors_env, self.default_mirrors),
                            self.default_checksums if checksums is None else checksums, timeout)
         images_name, labels_name = self.split_files[self.train]
@@ -385,6 +414,8 @@ class MNIST:
 
     def __getitem__(self, index) -> tuple[np.ndarray, int]:
         """(float32 image of shape (784,) in [0, 1], int label)."""
+        if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"{type(self).__name__}: indices must be integers, got {type(index).__name__}")
         i = operator.index(index)
         n = len(self.targets)
         if not -n <= i < n:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tensorgrad import backend
+from tensorgrad import _checks, backend
 
 
 class DataLoader:
@@ -38,13 +38,15 @@ class DataLoader:
                  seed: int | None = None, device=None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
             raise TypeError(f"DataLoader: expected an int batch_size, got {type(batch_size).__name__} "
-                            f"{batch_size!r}")
+                            f"{batch_size!r:.60}")
         if batch_size < 1:
             raise ValueError(f"DataLoader: expected batch_size >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
-        self.shuffle = bool(shuffle)
-        self.drop_last = bool(drop_last)
-        self.device = backend.normalize_device(device)
+        self.shuffle = _checks.flag(shuffle, "DataLoader", "shuffle")
+        self.drop_last = _checks.flag(drop_last, "DataLoader", "drop_last")
+        if seed is not None:
+            seed = _checks.integer(seed, "DataLoader", "seed", low=0)  # NumPy's generators take no negatives
+        self.device = _checks.device(device, "DataLoader")
         arrays = _collect_arrays(dataset_or_arrays)
         self.arrays = tuple(backend.to_device(a, self.device) for a in arrays)
         if seed is None:
@@ -110,6 +112,9 @@ def _collect_arrays(data) -> tuple:
     if not columns:
         raise ValueError(f"DataLoader: {source} holds no arrays; expected at least one, e.g. (X, y)")
     for c in columns:
+        if c.dtype not in _BATCH_DTYPES:
+            raise TypeError(f"DataLoader: {source}: arrays of dtype {c.dtype} cannot make tensors; expected "
+                            "bool, uint8, int32, int64, float16, float32 or float64 (convert with .astype)")
         if c.ndim == 0:
             raise ValueError(f"DataLoader: {source}: expected arrays with a sample axis first, "
                              f"got a 0-d array")
@@ -118,6 +123,11 @@ def _collect_arrays(data) -> tuple:
         raise ValueError(f"DataLoader: {source}: expected the same number of samples in every array, "
                          f"got shapes {shapes}")
     return tuple(columns)
+
+
+# the dtypes a Tensor holds; a batch of any other (object, string, complex) would be no tensor at all
+_BATCH_DTYPES = frozenset(np.dtype(t) for t in (np.bool_, np.uint8, np.int32, np.int64,
+                                               np.float16, np.float32, np.float64))
 
 
 def _is_array(obj) -> bool:
@@ -134,10 +144,11 @@ def _as_array(obj, source: str):
     if isinstance(obj, np.ndarray) or backend.is_cupy_array(obj):
         return obj
     try:
-        return np.asarray(obj)
-    except ValueError as exc:  # ragged nested lists
+        array = np.asarray(obj)  # dtypes kept as NumPy makes them (Python floats float64, ints int64)
+    except (ValueError, TypeError, OverflowError) as exc:  # ragged nested lists, odd objects
         raise ValueError(f"DataLoader: {source}: could not make an array of a {type(obj).__name__}: "
                          f"{exc}") from None
+    return array
 
 
 def _stack_items(dataset) -> list:
@@ -146,7 +157,12 @@ def _stack_items(dataset) -> list:
     if n == 0:
         raise ValueError(f"DataLoader: the {type(dataset).__name__} data set is empty; expected at least "
                          "one (x, y) item")
-    items = [dataset[i] for i in range(n)]
+    try:
+        items = [dataset[i] for i in range(n)]
+    except (KeyError, IndexError, TypeError) as exc:  # e.g. a dict, which has len() but no item 0
+        raise TypeError(f"DataLoader: the {type(dataset).__name__} data set could not be read by index "
+                        f"0..{n - 1} ({type(exc).__name__}: {exc}); expected a sequence of (x, y) "
+                        "items") from None
     width = len(items[0]) if isinstance(items[0], (tuple, list)) else 0
     if width == 0:
         raise TypeError(f"DataLoader: item 0 of the {type(dataset).__name__} data set is "

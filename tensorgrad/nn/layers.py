@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 
+import numpy as np
+
+from .. import _checks
 from ..tensor import Tensor, as_dtype, float32, zeros
 from . import functional as F
 from . import init
@@ -31,11 +34,13 @@ class Linear(Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=None, device=None):
         super().__init__()
-        if in_features < 0 or out_features < 0:
-            raise ValueError(f"Linear: feature counts must be >= 0, got in_features={in_features}, "
-                             f"out_features={out_features}")
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.in_features = _checks.integer(in_features, "Linear", "in_features", low=0)
+        self.out_features = _checks.integer(out_features, "Linear", "out_features", low=0)
+        bias = _checks.flag(bias, "Linear", "bias")
         dtype = float32 if dtype is None else as_dtype(dtype, "Linear")
+        if dtype.kind != "f":
+            raise TypeError(f"Linear: parameters must be floating-point, got dtype {dtype}")
+        device = _checks.device(device, "Linear")
         self.weight = Parameter(zeros(self.out_features, self.in_features, dtype=dtype, device=device))
         if bias:
             self.bias = Parameter(zeros(self.out_features, dtype=dtype, device=device))
@@ -54,6 +59,7 @@ class Linear(Module):
             init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
+        """x (*, in_features) -> (*, out_features); either count may be 0, as in PyTorch."""
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
@@ -102,9 +108,7 @@ class LeakyReLU(_Activation):
 
     def __init__(self, negative_slope: float = 0.01):
         super().__init__()
-        if negative_slope < 0:
-            raise ValueError(f"LeakyReLU: negative_slope must be >= 0, got {negative_slope}")
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = _checks.real(negative_slope, "LeakyReLU", "negative_slope", low=0)
 
     @property
     def alpha(self) -> float:
@@ -121,9 +125,7 @@ class ELU(_Activation):
 
     def __init__(self, alpha: float = 1.0):
         super().__init__()
-        if alpha < 0:
-            raise ValueError(f"ELU: alpha must be >= 0, got {alpha}")
-        self.elu_alpha = float(alpha)
+        self.elu_alpha = _checks.real(alpha, "ELU", "alpha", low=0)
 
     @property
     def alpha(self) -> float:
@@ -138,7 +140,7 @@ class Softmax(Module):
 
     def __init__(self, axis: int = -1):
         super().__init__()
-        self.axis = axis
+        self.axis = _checks.integer(axis, "Softmax", "axis")
 
     def forward(self, x: Tensor) -> Tensor:
         return F.softmax(x, axis=self.axis)
@@ -152,9 +154,7 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5):
         super().__init__()
-        if not 0 <= p <= 1:
-            raise ValueError(f"Dropout: probability must be in [0, 1], got {p}")
-        self.p = float(p)
+        self.p = _checks.real(p, "Dropout", "probability p", low=0, high=1)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.dropout(x, self.p, self.training)
@@ -175,16 +175,26 @@ class Flatten(Module):
 
     def __init__(self, start_axis: int = 1, end_axis: int = -1):
         super().__init__()
-        self.start_axis, self.end_axis = start_axis, end_axis
+        self.start_axis = _checks.integer(start_axis, "Flatten", "start_axis")
+        self.end_axis = _checks.integer(end_axis, "Flatten", "end_axis")
 
     def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"Flatten: expected a Tensor, got {type(x).__name__}")
         shape = x.shape
-        start = self.start_axis % max(len(shape), 1)
-        end = self.end_axis % max(len(shape), 1)
+        rank = max(len(shape), 1)  # a 0-d tensor counts as one axis of one element, as in torch.flatten
+        for name, axis in (("start_axis", self.start_axis), ("end_axis", self.end_axis)):
+            if not -rank <= axis < rank:
+                raise IndexError(f"Flatten: {name} {axis} is out of range for an input of shape {shape}")
+        if x.ndim == 0:
+            return x.reshape(1)
+        start = self.start_axis % len(shape)
+        end = self.end_axis % len(shape)
         if start > end:
             raise ValueError(f"Flatten: start_axis {self.start_axis} comes after end_axis {self.end_axis} "
                              f"for an input of shape {shape}")
-        return x.reshape(shape[:start] + (-1,) + shape[end + 1:])
+        # the flattened length spelled out: -1 is ambiguous for NumPy when another axis is 0
+        return x.reshape(shape[:start] + (math.prod(shape[start:end + 1]),) + shape[end + 1:])
 
     def extra_repr(self) -> str:
         return f"start_axis={self.start_axis}, end_axis={self.end_axis}"
@@ -203,6 +213,8 @@ class Sequential(Module):
         super().__init__()
         if len(modules) == 1 and isinstance(modules[0], OrderedDict):
             for name, module in modules[0].items():
+                if not isinstance(module, Module):
+                    raise TypeError(f"Sequential: entry {name!r} is a {type(module).__name__}, not a Module")
                 self.add_module(name, module)
         else:
             for i, module in enumerate(modules):
@@ -222,6 +234,8 @@ class Sequential(Module):
 
     def __getitem__(self, index):
         items = list(self._modules.items())
+        if not isinstance(index, (slice, int, np.integer)) or isinstance(index, (bool, np.bool_)):
+            raise TypeError(f"Sequential: indices must be integers or slices, got {type(index).__name__}")
         if isinstance(index, slice):
             return Sequential(OrderedDict(items[index]))
         try:

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import autograd, backend
+from .. import _checks, autograd, backend
 from ..tensor import Tensor, as_dtype
 
 
@@ -28,7 +28,14 @@ class Parameter(Tensor):
     def __init__(self, data=None, requires_grad: bool = True):
         if data is None:
             data = np.empty((0,), dtype=np.float32)
-        array = data.data if isinstance(data, Tensor) else Tensor(data).data
+        requires_grad = _checks.flag(requires_grad, "Parameter", "requires_grad")
+        if isinstance(data, Tensor):
+            array = data.data
+        else:
+            try:
+                array = Tensor(data).data
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"Parameter: {exc}") from None
         self.data = array
         self.grad = None
         self.grad_fn = None
@@ -108,8 +115,17 @@ class Module:
         else:
             object.__delattr__(self, name)
 
+    def _check_name(self, name, op: str) -> None:
+        # as PyTorch: a dotted or empty name would break state_dict's "child.weight" keys
+        where = f"{type(self).__name__}.{op}"
+        if not isinstance(name, str):
+            raise TypeError(f"{where}: expected a string name, got {type(name).__name__}")
+        if not name or "." in name:
+            raise ValueError(f"{where}: the name must be non-empty and contain no '.', got {name!r}")
+
     def register_parameter(self, name: str, param: Parameter | None) -> None:
         """Register `param` (or None, a declared but absent parameter such as a disabled bias)."""
+        self._check_name(name, "register_parameter")
         if param is not None and not isinstance(param, Parameter):
             raise TypeError(f"{type(self).__name__}.register_parameter: expected a Parameter or None for "
                             f"{name!r}, got {type(param).__name__}")
@@ -117,6 +133,7 @@ class Module:
         self._parameters[name] = param
 
     def add_module(self, name: str, module: Module | None) -> None:
+        self._check_name(name, "add_module")
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"{type(self).__name__}.add_module: expected a Module for {name!r}, "
                             f"got {type(module).__name__}")
@@ -142,6 +159,9 @@ class Module:
 
     def named_modules(self, prefix: str = ""):
         """(dotted name, module) for self (name '') and every descendant, depth first; each module once."""
+        if not isinstance(prefix, str):
+            raise TypeError(f"{type(self).__name__}.named_modules: expected a string prefix, "
+                            f"got {type(prefix).__name__}")
         seen = set()
         stack = [(prefix, self)]
         while stack:
@@ -160,6 +180,10 @@ class Module:
 
     def named_parameters(self, prefix: str = "", recurse: bool = True):
         """(dotted name, Parameter) in registration order, e.g. ('0.weight', ...); shared ones once."""
+        recurse = _checks.flag(recurse, f"{type(self).__name__}.named_parameters", "recurse")
+        if not isinstance(prefix, str):
+            raise TypeError(f"{type(self).__name__}.named_parameters: expected a string prefix, "
+                            f"got {type(prefix).__name__}")
         seen = set()
         modules = self.named_modules(prefix) if recurse else [(prefix, self)]
         for module_name, module in modules:
@@ -176,6 +200,7 @@ class Module:
     # ----------------------------------------------------------------- training state
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Drop every parameter's gradient (or zero it in place with set_to_none=False)."""
+        set_to_none = _checks.flag(set_to_none, f"{type(self).__name__}.zero_grad", "set_to_none")
         for param in self.parameters():
             if param.grad is None:
                 continue
@@ -185,6 +210,7 @@ class Module:
                 param.grad.data.fill(0)
 
     def train(self, mode: bool = True) -> Module:
+        mode = _checks.flag(mode, f"{type(self).__name__}.train", "mode")
         for module in self.modules():
             object.__setattr__(module, "training", bool(mode))
         return self
@@ -254,13 +280,16 @@ class Module:
         Parameters keep their identity (an optimizer built before still holds them); their arrays (and
         gradients) are replaced. Only floating-point parameters change dtype.
         """
+        where = f"{type(self).__name__}.to"
+        if len(args) > 2:
+            raise TypeError(f"{where}: expected at most a device and a dtype, got {len(args)} arguments")
         for arg in args:
             if isinstance(arg, str):
                 device = arg
             else:
                 dtype = arg
         if device is not None:
-            device = backend.normalize_device(device)
+            device = _checks.device(device, where)
         if dtype is not None:
             dtype = as_dtype(dtype, f"{type(self).__name__}.to")
             if dtype.kind != "f":

@@ -9,6 +9,9 @@ lecture's `delta = a - y` ((softmax - onehot) / N), computed as such, not as a c
 
 from __future__ import annotations
 
+import functools
+import math
+
 import numpy as np
 
 from .. import kernels
@@ -24,6 +27,33 @@ def _contiguous(a):
 
 def _as_dtype(g, dtype):
     return g if g.dtype == dtype else g.astype(dtype)
+
+
+_FLOAT16 = np.dtype(np.float16)
+
+
+def _quiet(method):
+    """Run a forward or backward with NumPy's floating-point warnings off: as in PyTorch, overflow to inf
+    (float16 above 65504 included) and NaN from inf - inf are results, not warnings."""
+    @functools.wraps(method)
+    def run(*args, **kwargs):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return method(*args, **kwargs)
+    return run
+
+
+def _narrowed(a, dtype):
+    """`a` cast to `dtype`; a float16 result past 65504 is inf, silently, as in PyTorch."""
+    if a.dtype == dtype:
+        return a
+    with np.errstate(over="ignore"):
+        return a.astype(dtype)
+
+
+def _widened(a):
+    """float16 arrays as float32 (the precision PyTorch computes half losses, softmax and GEMMs in);
+    other arrays and non-arrays unchanged."""
+    return a.astype(np.float32) if getattr(a, "dtype", None) == _FLOAT16 else a
 
 
 def _reduce(loss, reduction: str):
@@ -85,39 +115,83 @@ class Linear(Node):
                                 "(.float() / .double())")
         if weight.dtype.kind != "f":
             raise TypeError(f"linear: expected floating-point tensors, got dtype {weight.dtype}")
-        x2 = x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x
+        # the row count spelled out: reshape(-1, 0) is ambiguous for NumPy when in_features is 0
+        x2 = x.reshape(math.prod(x.shape[:-1]), x.shape[-1]) if x.ndim != 2 else x
+        self.x = x2 if self.needs_grad(1) else None
+        self.weight = weight if self.needs_grad(0) else None
+        out_shape = x.shape[:-1] + (weight.shape[0],)
+        if x2.size == 0 or weight.size == 0:
+            return self._forward_empty(x2, weight, bias, out_shape)
+        # float16 runs the GEMM and the epilogue in float32 (the fused kernels take float32/64 only, and
+        # PyTorch accumulates half GEMMs in float32 too), rounded to float16 once at the end
+        dtype = weight.dtype
+        x2, weight, bias = _widened(x2), _widened(weight), _widened(bias)
         k = kernels.for_array(x2)
         h = k.matmul(x2, weight.T)
         if bias is not None:
             k.bias_activation_forward(activation, h, _contiguous(bias), alpha, out=h)
         elif activation != "identity":
             k.activation_forward(activation, h, alpha, out=h)
-        self.x = x2 if self.needs_grad(1) else None
-        self.weight = weight if self.needs_grad(0) else None
-        return h if x.ndim == 2 else h.reshape(x.shape[:-1] + (weight.shape[0],))
+        h = _narrowed(h, dtype)
+        return h if x.ndim == 2 else h.reshape(out_shape)
+
+    def _forward_empty(self, x2, weight, bias, out_shape):
+        """No element to compute (N, in_features or out_features is 0): the activation of the bias alone
+        where in_features is 0, as PyTorch's x @ W.T over an empty sum gives 0 + b."""
+        xp = array_module(x2)
+        h = xp.zeros((x2.shape[0], weight.shape[0]), dtype=np.float32 if weight.dtype == _FLOAT16
+                     else weight.dtype)
+        if h.size:
+            if bias is not None:
+                h += _widened(bias)
+            if self.kind != "identity":
+                h = kernels.for_array(h).activation_forward(self.kind, h, self.alpha)
+        return _narrowed(h, weight.dtype).reshape(out_shape)
 
     def backward(self, g):
         out_features = g.shape[-1]
-        g2 = _contiguous(_as_dtype(g.reshape(-1, out_features), self.value.dtype))
+        dtype = self.value.dtype
+        if g.size == 0 or self.in_shape[-1] == 0:
+            return self._backward_empty(g, dtype)
+        # float16: f', the bias sum and both GEMMs in float32, each gradient rounded once (see forward)
+        g2 = _contiguous(_widened(_as_dtype(g.reshape(-1, out_features), dtype)))
+        y2 = _widened(self.value.reshape(-1, out_features))
         k = kernels.for_array(g2)
         gb = None
         if self.has_bias and self.needs_grad(2):
             # one pass for f' and the bias gradient; an identity layer's g_pre is g2's own values, so
             # writing them back into g2 changes nothing even where g2 is shared with another consumer
-            y2 = self.value.reshape(-1, out_features)
-            g_pre, gb = k.activation_backward_bias(self.kind, y2, g2, self.alpha,
+            g_pre, gb = k.activation_backward_bias(self.kind, _contiguous(y2), g2, self.alpha,
                                                    out=g2 if self.kind == "identity" else None)
         elif self.kind == "identity":
             g_pre = g2
         else:
-            g_pre = k.activation_backward(self.kind, self.value.reshape(-1, out_features), g2, self.alpha)
+            g_pre = k.activation_backward(self.kind, _contiguous(y2), g2, self.alpha)
         gx = gw = None
         if self.needs_grad(0):
-            gx = k.matmul(g_pre, self.weight)
+            gx = _narrowed(k.matmul(g_pre, _widened(self.weight)), dtype)
             if gx.shape != self.in_shape:
                 gx = gx.reshape(self.in_shape)
         if self.needs_grad(1):
-            gw = k.matmul(g_pre.T, self.x)  # directly in W's (out, in) layout: read g_pre transposed
+            # directly in W's (out, in) layout: read g_pre transposed
+            gw = _narrowed(k.matmul(g_pre.T, _widened(self.x)), dtype)
+        return gx, gw, None if gb is None else _narrowed(gb, dtype)
+
+    def _backward_empty(self, g, dtype):
+        """Gradients when some axis is empty: zeros of each operand's shape, except the bias gradient
+        where only in_features is 0 (then y = act(b) row by row, and the bias collects f'(y) * g)."""
+        xp = array_module(g)
+        out_features = g.shape[-1]
+        in_features = self.in_shape[-1]
+        gx = xp.zeros(self.in_shape, dtype=dtype) if self.needs_grad(0) else None
+        gw = xp.zeros((out_features, in_features), dtype=dtype) if self.needs_grad(1) else None
+        gb = None
+        if self.has_bias and self.needs_grad(2):
+            g2 = _widened(_as_dtype(g.reshape(math.prod(self.in_shape[:-1]), out_features), dtype))
+            if g2.size and self.kind != "identity":
+                y2 = _contiguous(_widened(self.value.reshape(-1, out_features)))
+                g2 = kernels.for_array(g2).activation_backward(self.kind, y2, _contiguous(g2), self.alpha)
+            gb = _narrowed(g2.sum(axis=0), dtype)
         return gx, gw, gb
 
     def release(self):
@@ -140,22 +214,27 @@ class Softmax(Node):
     __slots__ = ("axis",)
     name = "softmax"
 
+    @_quiet
     def forward(self, x, axis=-1):
         self.axis = axis = _axis(axis, x.ndim, "softmax")
         xp = array_module(x)
-        # After subtracting the row max every exponent is <= 0: no overflow for any magnitude.
-        with np.errstate(invalid="ignore"):  # a row of only -inf gives NaN, as in PyTorch
-            y = xp.subtract(x, x.max(axis=axis, keepdims=True))
-            xp.exp(y, out=y)
-            y /= y.sum(axis=axis, keepdims=True)
-        return y
+        if x.size == 0:  # no row to normalise (and no max of an empty axis to take)
+            return xp.empty_like(x)
+        dtype, x = x.dtype, _widened(x)  # float16 exponentiates and sums in float32
+        # After subtracting the row max every exponent is <= 0: no overflow for any magnitude; a row of
+        # only -inf gives NaN, as in PyTorch (silently: see _quiet)
+        y = xp.subtract(x, x.max(axis=axis, keepdims=True))
+        xp.exp(y, out=y)
+        y /= y.sum(axis=axis, keepdims=True)
+        return _as_dtype(y, dtype)
 
+    @_quiet
     def backward(self, g):
-        y = self.value
-        dot = (g * y).sum(axis=self.axis, keepdims=True)
+        y = _widened(self.value)
+        dot = (_widened(g) * y).sum(axis=self.axis, keepdims=True)
         gx = g - dot
         gx *= y
-        return (gx,)
+        return (_as_dtype(gx, self.value.dtype),)
 
 
 class LogSoftmax(Node):
@@ -164,22 +243,27 @@ class LogSoftmax(Node):
     __slots__ = ("axis",)
     name = "log_softmax"
 
+    @_quiet
     def forward(self, x, axis=-1):
         self.axis = axis = _axis(axis, x.ndim, "log_softmax")
         xp = array_module(x)
-        with np.errstate(invalid="ignore"):
-            y = xp.subtract(x, x.max(axis=axis, keepdims=True))
-            lse = xp.exp(y).sum(axis=axis, keepdims=True)
-            xp.log(lse, out=lse)  # >= log(1): the max's own term is exp(0)
-            y -= lse
-        return y
+        if x.size == 0:
+            return xp.empty_like(x)
+        dtype, x = x.dtype, _widened(x)  # float16 in float32, as PyTorch accumulates it
+        y = xp.subtract(x, x.max(axis=axis, keepdims=True))
+        lse = xp.exp(y).sum(axis=axis, keepdims=True)
+        xp.log(lse, out=lse)  # >= log(1): the max's own term is exp(0)
+        y -= lse
+        return _as_dtype(y, dtype)
 
+    @_quiet
     def backward(self, g):
         xp = array_module(g)
-        gx = xp.exp(self.value)
+        dtype, g = g.dtype, _widened(g)
+        gx = xp.exp(_widened(self.value))
         gx *= g.sum(axis=self.axis, keepdims=True)
         xp.subtract(g, gx, out=gx)
-        return (gx,)
+        return (_as_dtype(gx, dtype),)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,6 +324,7 @@ class NLLLoss(Node):
     name = "nll_loss"
     saves = False  # the backward reads only the (small, integer) target, kept even after release
 
+    @_quiet
     def forward(self, logp, target, reduction="mean"):
         xp = array_module(logp)
         self.bad = None
@@ -249,16 +334,17 @@ class NLLLoss(Node):
             self.bad = (target < 0) | (target >= logp.shape[1])
             target = xp.where(self.bad, 0, target)
         self.shape, self.target, self.reduction = logp.shape, target, reduction
-        loss = -logp[xp.arange(logp.shape[0]), target]
+        loss = -_widened(logp[xp.arange(logp.shape[0]), target])  # float16 sums in float32
         if self.bad is not None:
-            loss = xp.where(self.bad, xp.nan, loss).astype(logp.dtype, copy=False)
-        return _reduce(loss, reduction)
+            loss = xp.where(self.bad, xp.nan, loss).astype(loss.dtype, copy=False)
+        return _as_dtype(_reduce(loss, reduction), logp.dtype)
 
+    @_quiet
     def backward(self, g):
         xp = array_module(g)
         n = self.shape[0]
         grad = xp.zeros(self.shape, dtype=g.dtype)
-        grad[xp.arange(n), self.target] = -_spread(g, self.reduction, n)
+        grad[xp.arange(n), self.target] = -_as_dtype(_spread(_widened(g), self.reduction, n), g.dtype)
         if self.bad is not None:
             grad = xp.where(self.bad[:, None], xp.nan, grad).astype(g.dtype, copy=False)
         return grad, None
@@ -270,21 +356,25 @@ class MSELoss(Node):
     __slots__ = ("diff", "reduction", "shapes")
     name = "mse_loss"
 
+    @_quiet
     def forward(self, pred, target, reduction="mean"):
         try:
-            diff = pred - target
+            # float16 operands are subtracted, squared and summed in float32, as PyTorch does
+            diff = array_module(pred).asarray(_widened(pred) - _widened(target))
         except ValueError:
             raise ValueError(f"mse_loss: shapes {tuple(pred.shape)} and {tuple(target.shape)} cannot be "
                              "broadcast together") from None
         self.diff, self.reduction = diff, reduction
         self.shapes = (pred.shape, target.shape)
-        return _reduce(diff * diff, reduction)
+        return _as_dtype(_reduce(diff * diff, reduction), pred.dtype)
 
+    @_quiet
     def backward(self, g):
-        scale = _spread(g, self.reduction, self.diff.size)
+        dtype = g.dtype
+        scale = _spread(_widened(g), self.reduction, self.diff.size)
         grad = self.diff * (2 * scale)
-        gp = unbroadcast(grad, self.shapes[0]) if self.needs_grad(0) else None
-        gt = -unbroadcast(grad, self.shapes[1]) if self.needs_grad(1) else None
+        gp = _as_dtype(unbroadcast(grad, self.shapes[0]), dtype) if self.needs_grad(0) else None
+        gt = _as_dtype(-unbroadcast(grad, self.shapes[1]), dtype) if self.needs_grad(1) else None
         return gp, gt
 
     def release(self):
@@ -307,29 +397,33 @@ class BinaryCrossEntropy(Node):
     __slots__ = ("p", "t", "reduction")
     name = "binary_cross_entropy"
 
+    @_quiet
     def forward(self, p, t, reduction="mean"):
         xp = array_module(p)
+        dtype, p, t = p.dtype, xp.asarray(_widened(p)), xp.asarray(_widened(t))  # float16 in float32
         with np.errstate(divide="ignore"):  # log(0) = -inf, then clamped to -100
             log_p = xp.maximum(xp.log(p), -100)
             log_q = xp.maximum(xp.log1p(-p), -100)
         self.p, self.t, self.reduction = p, t, reduction
-        loss = (t - 1) * log_q
+        loss = xp.asarray((t - 1) * log_q)  # an array even for 0-d operands, so -= stays in place
         loss -= t * log_p
-        return _reduce(loss, reduction)
+        return _as_dtype(_reduce(loss, reduction), dtype)
 
+    @_quiet
     def backward(self, g):
         xp = array_module(g)
+        dtype, g = g.dtype, _widened(g)
         p, t = self.p, self.t
         scale = _spread(g, self.reduction, p.size)
         gp = gt = None
         if self.needs_grad(0):
             gp = (p - t) * scale
-            gp /= xp.maximum((1 - p) * p, _BCE_EPSILON)
+            gp = _as_dtype(gp / xp.maximum((1 - p) * p, _BCE_EPSILON), dtype)
         if self.needs_grad(1):
             # log(1 - p) - log(p), unclamped as in PyTorch: +-inf where p is exactly 0 or 1
             with np.errstate(divide="ignore"):
                 gt = xp.log1p(-p) - xp.log(p)
-            gt *= scale
+            gt = _as_dtype(gt * scale, dtype)
         return gp, gt
 
     def release(self):
@@ -346,26 +440,30 @@ class BinaryCrossEntropyWithLogits(Node):
     __slots__ = ("z", "t", "reduction")
     name = "binary_cross_entropy_with_logits"
 
+    @_quiet
     def forward(self, z, t, reduction="mean"):
         xp = array_module(z)
-        loss = xp.negative(xp.abs(z))
+        dtype, z, t = z.dtype, xp.asarray(_widened(z)), xp.asarray(_widened(t))  # float16 in float32
+        loss = xp.asarray(xp.abs(z))  # 0-d ufuncs return NumPy scalars, which out= refuses
+        xp.negative(loss, out=loss)
         xp.exp(loss, out=loss)  # exp of a non-positive number: no overflow
         xp.log1p(loss, out=loss)
         loss += xp.maximum(z, 0)
         loss -= z * t
         self.z, self.t, self.reduction = z, t, reduction
-        return _reduce(loss, reduction)
+        return _as_dtype(_reduce(loss, reduction), dtype)
 
+    @_quiet
     def backward(self, g):
+        dtype, g = g.dtype, _widened(g)
         z, t = self.z, self.t
         scale = _spread(g, self.reduction, z.size)
         gz = gt = None
         if self.needs_grad(0):
             gz = kernels.for_array(z).activation_forward("sigmoid", _contiguous(z))
-            gz -= t
-            gz *= scale
+            gz = _as_dtype(array_module(gz).asarray(gz - t) * scale, dtype)
         if self.needs_grad(1):
-            gt = -z * scale
+            gt = _as_dtype(-z * scale, dtype)
         return gz, gt
 
     def release(self):
@@ -385,10 +483,12 @@ class Dropout(Node):
     __slots__ = ("mask",)
     name = "dropout"
 
+    @_quiet
     def forward(self, x, mask):
         self.mask = mask
         return x * mask
 
+    @_quiet
     def backward(self, g):
         return (g * self.mask, None)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+from .. import _checks
 from .optimizer import Optimizer, grad_array, refuse_capture
 
 
@@ -34,25 +35,21 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, amsgrad: bool = False):
-        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay,
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                     "amsgrad": amsgrad}
         super().__init__(params, defaults)
 
     def _validate(self, group: dict) -> None:
         name = type(self).__name__
+        group["lr"] = _checks.real(group["lr"], name, "learning rate", low=0)
+        group["eps"] = _checks.real(group["eps"], name, "epsilon value", low=0)
         betas = group["betas"]
-        if not group["lr"] >= 0:
-            raise ValueError(f"{name}: invalid learning rate: {group['lr']}")
-        if not group["eps"] >= 0:
-            raise ValueError(f"{name}: invalid epsilon value: {group['eps']}")
-        if len(betas) != 2:
-            raise ValueError(f"{name}: betas must be a pair (beta1, beta2), got {betas}")
-        for i, beta in enumerate(betas):
-            if not 0 <= beta < 1:
-                raise ValueError(f"{name}: invalid beta parameter at index {i}: {beta} (expected in [0, 1))")
-        if not group["weight_decay"] >= 0:
-            raise ValueError(f"{name}: invalid weight_decay value: {group['weight_decay']}")
-        group["betas"] = tuple(betas)
+        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+            raise TypeError(f"{name}: betas must be a pair (beta1, beta2), got {betas!r:.60}")
+        group["betas"] = tuple(_checks.real(beta, name, f"beta parameter at index {i}", low=0, high=1,
+                                            high_open=True) for i, beta in enumerate(betas))
+        group["weight_decay"] = _checks.real(group["weight_decay"], name, "weight_decay value", low=0)
+        group["amsgrad"] = _checks.flag(group["amsgrad"], name, "amsgrad")
 
     def step(self, closure=None):
         """One update of every parameter that has a gradient; returns closure() when given."""

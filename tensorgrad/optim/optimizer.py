@@ -42,7 +42,11 @@ class Optimizer:
         if isinstance(params, Tensor):
             raise TypeError(f"{type(self).__name__}: params must be an iterable of Tensors or dicts, got a "
                             "single Tensor; wrap it in a list")
-        groups = list(params)
+        try:
+            groups = list(params)
+        except TypeError:
+            raise TypeError(f"{type(self).__name__}: params must be an iterable of Tensors or dicts, got "
+                            f"{type(params).__name__}") from None
         if not groups:
             raise ValueError(f"{type(self).__name__}: optimizer got an empty parameter list")
         if not isinstance(groups[0], dict):
@@ -63,8 +67,18 @@ class Optimizer:
         name = type(self).__name__
         if not isinstance(group, dict):
             raise TypeError(f"{name}: a parameter group must be a dict, got {type(group).__name__}")
+        if "params" not in group:
+            raise ValueError(f"{name}: a parameter group must have a 'params' entry, got keys "
+                             f"{sorted(map(repr, group))}")
         params = group["params"]
-        params = [params] if isinstance(params, Tensor) else list(params)
+        if isinstance(params, Tensor):
+            params = [params]
+        elif isinstance(params, (set, dict)) or not hasattr(params, "__iter__"):
+            # a set has no order, so the state_dict indices would not be reproducible (PyTorch refuses too)
+            raise TypeError(f"{name}: a group's 'params' must be a Tensor or an ordered iterable of Tensors, "
+                            f"got {type(params).__name__}")
+        else:
+            params = list(params)
         for i, p in enumerate(params):
             if not isinstance(p, Tensor):
                 raise TypeError(f"{name}: can only optimize Tensors, but parameter {i} of the group is a "
@@ -87,8 +101,8 @@ class Optimizer:
             filled[key] = value
         unknown = set(group) - set(filled)
         if unknown:
-            raise ValueError(f"{name}: unknown hyperparameter(s) {sorted(unknown)} in a parameter group; "
-                             f"expected {sorted(self.defaults)}")
+            raise ValueError(f"{name}: unknown hyperparameter(s) {sorted(map(repr, unknown))} in a parameter "
+                             f"group; expected {sorted(self.defaults)}")
         self._validate(filled)
         self.param_groups.append(filled)
 

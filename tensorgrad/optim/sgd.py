@@ -14,7 +14,7 @@ a readable loop over parameters, kept beside it and held equal to it by the test
 
 from __future__ import annotations
 
-from .. import kernels
+from .. import _checks, kernels
 from .optimizer import Optimizer, grad_array, refuse_capture
 
 
@@ -35,18 +35,16 @@ class SGD(Optimizer):
         super().__init__(params, defaults)
 
     def _validate(self, group: dict) -> None:
-        lr, momentum = group["lr"], group["momentum"]
-        if not lr >= 0:
-            raise ValueError(f"SGD: invalid learning rate: {lr}")
-        if not momentum >= 0:
-            raise ValueError(f"SGD: invalid momentum value: {momentum}")
-        if not group["weight_decay"] >= 0:
-            raise ValueError(f"SGD: invalid weight_decay value: {group['weight_decay']}")
-        if not 0 <= group["dampening"] <= 1:
-            raise ValueError(f"SGD: invalid dampening value: {group['dampening']} (expected in [0, 1])")
-        if group["nesterov"] and (momentum <= 0 or group["dampening"] != 0):
+        # finite numbers only: a NaN learning rate or momentum would silently turn every parameter NaN
+        group["lr"] = lr = _checks.real(group["lr"], "SGD", "learning rate", low=0)
+        group["momentum"] = momentum = _checks.real(group["momentum"], "SGD", "momentum value", low=0)
+        group["dampening"] = dampening = _checks.real(group["dampening"], "SGD", "dampening value",
+                                                      low=0, high=1)
+        group["weight_decay"] = _checks.real(group["weight_decay"], "SGD", "weight_decay value", low=0)
+        group["nesterov"] = _checks.flag(group["nesterov"], "SGD", "nesterov")
+        if group["nesterov"] and (momentum <= 0 or dampening != 0):
             raise ValueError(f"SGD: Nesterov momentum requires a momentum > 0 and zero dampening, got "
-                             f"momentum={momentum}, dampening={group['dampening']}")
+                             f"momentum={momentum}, dampening={dampening} (lr={lr})")
 
     def _batches(self, group: dict):
         """The group's parameters that have a gradient, split into calls that one kernel launch can take:
