@@ -41,21 +41,21 @@ struct Tanh {
 
 struct Relu {
     template <typename T> __device__ static T forward(T x, T)     { return x <= T(0) ? T(0) : x; }
-    // relu'(0) = 0, as PyTorch defines it
-    template <typename T> __device__ static T slope(T y, T)       { return y > T(0) ? T(1) : T(0); }
+    // relu'(0) = 0, as PyTorch defines it; at NaN 1, as PyTorch's threshold_backward (y <= 0 fails)
+    template <typename T> __device__ static T slope(T y, T)       { return y <= T(0) ? T(0) : T(1); }
 };
 
 struct LeakyRelu {
     template <typename T> __device__ static T forward(T x, T alpha) { return x <= T(0) ? alpha * x : x; }
-    // y > 0 exactly when x > 0 because alpha >= 0
+    // y > 0 exactly when x > 0 because alpha >= 0; at NaN alpha, as PyTorch (x > 0 fails)
     template <typename T> __device__ static T slope(T y, T alpha)   { return y > T(0) ? T(1) : alpha; }
 };
 
 struct Elu {
     // expm1 keeps small negative inputs accurate; the positive branch never calls exp, so no overflow
     template <typename T> __device__ static T forward(T x, T alpha) { return x <= T(0) ? alpha * expm1_(x) : x; }
-    // for x <= 0: f'(x) = alpha * exp(x) = y + alpha
-    template <typename T> __device__ static T slope(T y, T alpha)   { return y > T(0) ? T(1) : y + alpha; }
+    // for x <= 0: f'(x) = alpha * exp(x) = y + alpha; at NaN 1, as PyTorch's elu_backward (x <= 0 fails)
+    template <typename T> __device__ static T slope(T y, T alpha)   { return y <= T(0) ? y + alpha : T(1); }
 };
 
 // y[i] = f(x[i]) over n elements.

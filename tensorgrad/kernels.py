@@ -228,20 +228,30 @@ class NumpyKernels:
             np.subtract(1, slope, out=slope)
             return np.multiply(gy, slope, out=slope if out is None else out)
         if kind == "relu":
-            return np.multiply(gy, y > 0, out=np.empty_like(y) if out is None else out)
+            # PyTorch's threshold_backward passes the gradient unless y <= 0, so a NaN input gets slope 1
+            passes = np.less_equal(y, 0, out=np.empty(y.shape, np.bool_))  # an array also when 0-d
+            np.logical_not(passes, out=passes)
+            return np.multiply(gy, passes, out=np.empty_like(y) if out is None else out)
         # leaky_relu and elu: the slope is 1 where y > 0 and s(y) elsewhere, with 0 <= s(y) <= alpha.
         # For 0 <= alpha <= 1 that is max(y > 0, s(y)) exactly, which avoids slow masked operations.
+        # At NaN PyTorch takes leaky_relu's alpha branch (it tests x > 0) and elu's slope-1 branch
+        # (it tests x <= 0).
         exact_as_max = 0 <= alpha <= 1
         if kind == "leaky_relu":
-            slope = None if exact_as_max else np.full_like(y, alpha)
+            if exact_as_max:
+                slope = np.maximum(y > 0, alpha, out=np.empty_like(y), dtype=y.dtype)
+            else:
+                slope = np.where(y > 0, y.dtype.type(1), y.dtype.type(alpha))
         else:
             # for x <= 0, y = alpha*(exp(x) - 1), so f'(x) = alpha*exp(x) = y + alpha
             slope = np.minimum(y, 0, out=np.empty_like(y))
             np.add(slope, alpha, out=slope)
-        if exact_as_max:
-            slope = np.maximum(y > 0, alpha if slope is None else slope, out=np.empty_like(y), dtype=y.dtype)
-        else:
-            slope = np.where(y > 0, y.dtype.type(1), slope)
+            if exact_as_max:  # fmax prefers the number to a NaN slope: 1 at NaN
+                not_negative = np.less_equal(y, 0, out=np.empty(y.shape, np.bool_))
+                np.logical_not(not_negative, out=not_negative)
+                np.fmax(not_negative, slope, out=slope)
+            else:
+                slope = np.where(y <= 0, slope, y.dtype.type(1))
         return np.multiply(gy, slope, out=slope if out is None else out)
 
     def bias_activation_forward(self, kind: str, x, bias, alpha: float = 0.0, out=None):

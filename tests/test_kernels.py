@@ -794,6 +794,23 @@ def test_gpu_activations_in_place_and_at_magnitude_1e4(cp, gpu, kind, dtype):
                                **gpu_tolerance(dtype))
 
 
+@pytest.mark.parametrize("alpha", [0.3, 2.5])
+@pytest.mark.parametrize("kind", kernels.ACTIVATIONS)
+def test_gpu_activations_at_nan_match_twin_and_torch_conventions(cp, gpu, kind, alpha):
+    # PyTorch's slopes at NaN: relu 1 (threshold_backward), leaky_relu alpha (x > 0 fails), elu 1
+    # (x <= 0 fails), identity 1; sigmoid and tanh NaN. The saved output at a NaN input is NaN.
+    x_host = np.array([np.nan, -1.0, 0.0, 2.0, np.nan], dtype=np.float32)
+    x = cp.asarray(x_host)
+    y = gpu.activation_forward(kind, x, alpha)
+    y_host = TWINS.activation_forward(kind, x_host, alpha)
+    np.testing.assert_array_equal(np.isnan(y.get()), np.isnan(y_host))
+    gx = gpu.activation_backward(kind, cp.asarray(y_host), cp.ones_like(x), alpha)
+    expected_twin = TWINS.activation_backward(kind, y_host, np.ones_like(y_host), alpha)
+    np.testing.assert_allclose(gx.get(), expected_twin, **gpu_tolerance(np.float32))
+    at_nan = {"identity": 1.0, "relu": 1.0, "leaky_relu": alpha, "elu": 1.0}.get(kind, np.nan)
+    np.testing.assert_allclose(expected_twin[[0, 4]], [at_nan, at_nan], rtol=1e-6)
+
+
 @pytest.mark.parametrize("shape", SHAPES_2D)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", kernels.ACTIVATIONS)

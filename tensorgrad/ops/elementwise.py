@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import kernels
 from ..autograd import Node
 from ..backend import array_module
+from .common import silent
+
+_FLOAT16, _FLOAT32 = np.dtype(np.float16), np.dtype(np.float32)
 
 
 def as_float(x):
@@ -18,11 +23,13 @@ def as_float(x):
 class Exp(Node):
     __slots__ = ()
     name = "exp"
+    saves_inputs, saves_output = False, True
 
+    @silent  # exp overflows to inf, as in PyTorch
     def forward(self, x):
-        with np.errstate(over="ignore"):  # exp overflows to inf, as in PyTorch
-            return array_module(x).exp(as_float(x))
+        return array_module(x).exp(as_float(x))
 
+    @silent  # 0 * inf where exp overflowed
     def backward(self, g):
         return (g * self.value,)
 
@@ -33,29 +40,34 @@ class Log(Node):
 
     def forward(self, x):
         self.x = x = as_float(x)
-        with np.errstate(divide="ignore", invalid="ignore"):  # log(0) = -inf, log(<0) = nan
-            return array_module(x).log(x)
+        return _quiet_log(x)
 
+    @silent  # g / 0 = inf, 0 / 0 = nan, as in PyTorch
     def backward(self, g):
-        with np.errstate(divide="ignore"):
-            return (g / self.x,)
+        return (g / self.x,)
 
     def release(self):
         Node.release(self)
         self.x = None
 
 
+@silent  # log(0) = -inf, log(<0) = nan, as in PyTorch
+def _quiet_log(x):
+    return array_module(x).log(x)
+
+
 class Sqrt(Node):
     __slots__ = ()
     name = "sqrt"
+    saves_inputs, saves_output = False, True
 
+    @silent  # sqrt(<0) = nan, as in PyTorch
     def forward(self, x):
-        with np.errstate(invalid="ignore"):
-            return array_module(x).sqrt(as_float(x))
+        return array_module(x).sqrt(as_float(x))
 
+    @silent  # g / 0 = inf, 0 / 0 = nan, as in PyTorch
     def backward(self, g):
-        with np.errstate(divide="ignore"):
-            return (g / (2 * self.value),)
+        return (g / (2 * self.value),)
 
 
 class Abs(Node):
@@ -66,9 +78,12 @@ class Abs(Node):
         self.x = x
         return abs(x)
 
+    @silent  # inf * 0
     def backward(self, g):
-        # sign(0) = 0: the subgradient PyTorch uses.
-        return (g * array_module(g).sign(self.x),)
+        # sign(0) = 0, the subgradient PyTorch uses; and 0 at NaN as PyTorch's sgn (np.sign gives NaN),
+        # which (x > 0) - (x < 0) gives since NaN fails both tests.
+        x = self.x
+        return (g * ((x > 0).astype(g.dtype) - (x < 0)),)
 
     def release(self):
         Node.release(self)
@@ -83,6 +98,7 @@ class Activation(Node):
     """
 
     __slots__ = ("kind", "alpha")
+    saves_inputs, saves_output = False, True
 
     @property
     def name(self):
@@ -91,13 +107,31 @@ class Activation(Node):
     def forward(self, x, kind, alpha=0.0):
         if x.dtype.kind != "f":
             raise TypeError(f"{kind}: expected a floating-point tensor, got dtype {x.dtype}")
+        if kind not in kernels.ACTIVATIONS:
+            raise ValueError(f"activation: unknown kind {kind!r}; expected one of {kernels.ACTIVATIONS}")
+        if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+            raise ValueError(f"{kind}: alpha must be a finite number, got {alpha!r}")
         self.kind, self.alpha = kind, alpha
+        if x.dtype is _FLOAT16:
+            # The kernels exist in float32 and float64; like PyTorch's CPU kernels for half, compute in
+            # float32 and round the result once.
+            return kernels.for_array(x).activation_forward(kind, x.astype(_FLOAT32), alpha).astype(_FLOAT16)
         return kernels.for_array(x).activation_forward(kind, _contiguous(x), alpha)
 
     def backward(self, g):
+        y = self.value
+        if y.dtype is _FLOAT16:  # in float32 from the float16 output, as PyTorch's half backward
+            gx = kernels.for_array(g).activation_backward(self.kind, y.astype(_FLOAT32), g.astype(_FLOAT32),
+                                                          self.alpha)
+            return (_to_float16(gx),)
         # g may be a broadcast view (from sum/mean); the kernels walk memory linearly.
         g = _contiguous(g)
-        return (kernels.for_array(g).activation_backward(self.kind, self.value, g, self.alpha),)
+        return (kernels.for_array(g).activation_backward(self.kind, y, g, self.alpha),)
+
+
+@silent  # a gradient beyond float16's range becomes inf, as in PyTorch
+def _to_float16(a):
+    return a.astype(_FLOAT16)
 
 
 def _contiguous(a):

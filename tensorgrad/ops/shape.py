@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import reprlib
+
 import numpy as np
 
 from .. import backend
-from ..autograd import Node, unbroadcast
+from ..autograd import Node, like
 from ..backend import array_module
+from .arithmetic import _fit, _refusal, _shape_text, promoted
+from .common import axis_index, cast, check_operand, result_dtype, scalar_dtype, silent
 
 
 class Reshape(Node):
@@ -16,14 +20,28 @@ class Reshape(Node):
 
     def forward(self, x, shape):
         self.in_shape = x.shape
+        shape = _checked_shape("reshape", shape)
+        if sum(n == -1 for n in shape) > 1:
+            raise ValueError(f"reshape: only one dimension can be -1, got {shape}")
         try:
             return x.reshape(shape)
-        except (ValueError, TypeError):
+        except ValueError:
             raise ValueError(f"reshape: cannot reshape a tensor of shape {tuple(x.shape)} into "
-                             f"{tuple(shape)}") from None
+                             f"{shape}") from None
 
     def backward(self, g):
         return (g.reshape(self.in_shape),)
+
+
+def _checked_shape(op: str, shape) -> tuple:
+    """A shape of ints (NumPy integers too), each >= 0 or -1 for "the rest", as a tuple of ints."""
+    items = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
+    for n in items:
+        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
+            raise TypeError(f"{op}: a shape holds ints, got {type(n).__name__} in {items!r}")
+        if n < -1:
+            raise ValueError(f"{op}: invalid size {int(n)} in shape {tuple(int(m) for m in items)}")
+    return tuple(int(n) for n in items)
 
 
 class Transpose(Node):
@@ -32,16 +50,32 @@ class Transpose(Node):
     saves = False
 
     def forward(self, x, axes=None):
-        if axes is not None and sorted(a % max(x.ndim, 1) for a in axes) != list(range(x.ndim)):
-            raise ValueError(f"transpose: axes {tuple(axes)} are not a permutation of the "
-                             f"{x.ndim} axes of shape {tuple(x.shape)}")
+        if axes is not None:
+            given = tuple(axes)
+            if len(given) != x.ndim:
+                raise ValueError(f"transpose: axes {given} are not a permutation of the "
+                                 f"{x.ndim} axes of shape {tuple(x.shape)}")
+            axes = tuple(axis_index("transpose", a, x.ndim) for a in given) if x.ndim else ()
+            if sorted(axes) != list(range(x.ndim)):
+                raise ValueError(f"transpose: axes {given} are not a permutation of the "
+                                 f"{x.ndim} axes of shape {tuple(x.shape)}")
         self.axes = axes
         return x.transpose(axes) if axes is not None else x.T
 
     def backward(self, g):
         if self.axes is None:
             return (g.T,)
-        return (g.transpose(np.argsort([a % g.ndim for a in self.axes])),)
+        return (g.transpose(np.argsort(self.axes)),)
+
+
+def _list_index(index: list, shape: tuple):
+    """A list index as an array: an empty list selects nothing (NumPy would make it float64)."""
+    try:
+        array = np.asarray(index)
+    except ValueError:
+        raise IndexError(f"getitem: the list index {reprlib.repr(index)} is ragged (shape "
+                         f"{tuple(shape)})") from None
+    return array.astype(np.intp) if array.size == 0 else array
 
 
 def _is_advanced(index) -> bool:
@@ -59,7 +93,7 @@ class GetItem(Node):
     def forward(self, x, index):
         self.in_shape = x.shape
         if isinstance(index, list):
-            index = np.asarray(index)
+            index = _list_index(index, x.shape)
         xp = array_module(x)
         if xp is not np:  # a host index array must travel to the GPU to index a GPU array
             index = tuple(xp.asarray(i) if isinstance(i, np.ndarray) else i for i in index) \
@@ -68,9 +102,9 @@ class GetItem(Node):
         self.index = index
         try:
             return x[index]
-        except IndexError as exc:
-            raise IndexError(f"getitem: index {index!r} is out of bounds for shape {tuple(x.shape)} "
-                             f"({exc})") from None
+        except (IndexError, TypeError, ValueError) as exc:
+            raise IndexError(f"getitem: cannot index a tensor of shape {tuple(x.shape)} with "
+                             f"{reprlib.repr(index)} ({exc})") from None
 
     def backward(self, g):
         xp = array_module(g)
@@ -90,18 +124,26 @@ class Concatenate(Node):
 
     def forward(self, *arrays, axis=0):
         _same_device("concatenate", arrays)
-        try:  # first, so that 0-d operands and a bad axis get NumPy's reason, not an IndexError below
-            out = array_module(arrays[0]).concatenate(arrays, axis=axis)
-        except ValueError as exc:
-            raise ValueError(f"concatenate: shapes {[tuple(a.shape) for a in arrays]} cannot be joined "
-                             f"along axis {axis} ({exc})") from None
+        shapes = [tuple(a.shape) for a in arrays]
+        ndim = arrays[0].ndim
+        if ndim == 0 or any(a.ndim != ndim for a in arrays):
+            raise ValueError(f"concatenate: shapes {shapes} cannot be joined: the tensors need one number "
+                             "of dimensions, at least 1")
+        try:
+            axis = axis_index("concatenate", axis, ndim)
+        except ValueError:
+            raise ValueError(f"concatenate: shapes {shapes} cannot be joined along axis {int(axis)}, which "
+                             f"is out of range for {ndim}-d tensors") from None
+        if any(s[:axis] + s[axis + 1:] != shapes[0][:axis] + shapes[0][axis + 1:] for s in shapes):
+            raise ValueError(f"concatenate: shapes {shapes} cannot be joined along axis {axis}: they must "
+                             "match on every other axis")
         self.axis = axis
-        self.sizes = [a.shape[axis] for a in arrays]
-        return out
+        self.sizes = [s[axis] for s in shapes]
+        return array_module(arrays[0]).concatenate(_common_dtype(arrays), axis=axis)
 
     def backward(self, g):
         bounds = np.cumsum(self.sizes)[:-1].tolist()
-        return tuple(array_module(g).split(g, bounds, axis=self.axis))
+        return _fit_each(array_module(g).split(g, bounds, axis=self.axis), self.parents)
 
 
 class Stack(Node):
@@ -111,15 +153,31 @@ class Stack(Node):
 
     def forward(self, *arrays, axis=0):
         _same_device("stack", arrays)
-        self.axis, self.count = axis, len(arrays)
         shapes = {tuple(a.shape) for a in arrays}
         if len(shapes) != 1:
             raise ValueError(f"stack: all shapes must be equal, got {sorted(shapes)}")
-        return array_module(arrays[0]).stack(arrays, axis=axis)
+        self.axis = axis_index("stack", axis, arrays[0].ndim + 1)  # the new axis may come last
+        self.count = len(arrays)
+        return array_module(arrays[0]).stack(_common_dtype(arrays), axis=self.axis)
 
     def backward(self, g):
         xp = array_module(g)
-        return tuple(xp.take(g, i, axis=self.axis) for i in range(self.count))
+        return _fit_each([xp.take(g, i, axis=self.axis) for i in range(self.count)], self.parents)
+
+
+def _common_dtype(arrays):
+    """The arrays in one dtype, promoted as PyTorch's cat/stack (int32 with float32 gives float32,
+    where NumPy gives float64)."""
+    dtype = arrays[0].dtype
+    if all(a.dtype is dtype for a in arrays):
+        return arrays
+    dtype = result_dtype([a.dtype for a in arrays])
+    return [cast(a, dtype) for a in arrays]
+
+
+def _fit_each(grads, parents) -> tuple:
+    """Each operand's gradient in its own dtype (undoing _common_dtype's promotion)."""
+    return tuple(None if p is None else cast(g, like(p).dtype) for g, p in zip(grads, parents))
 
 
 def _same_device(op, arrays):
@@ -132,7 +190,7 @@ def _same_device(op, arrays):
 class Where(Node):
     """where(cond, a, b): a where cond is true, else b (cond gets no gradient)."""
 
-    __slots__ = ("cond", "metas")
+    __slots__ = ("cond",)
     name = "where"
     saves = True
 
@@ -141,19 +199,28 @@ class Where(Node):
             raise TypeError(f"where: the condition must be a bool tensor, got dtype "
                             f"{getattr(cond, 'dtype', type(cond).__name__)}")
         xp = array_module(cond)
+        if getattr(a, "dtype", None) is None and getattr(b, "dtype", None) is None:
+            check_operand("where", a)
+            check_operand("where", b)
+            dtype = scalar_dtype((a, b))  # two Python scalars: PyTorch's default dtypes, not NumPy's
+            a, b = xp.asarray(a, dtype=dtype), xp.asarray(b, dtype=dtype)
+        else:
+            a, b = promoted(a, b, "where")
         self.cond = cond
-        self.metas = [getattr(v, "shape", ()) for v in (a, b)]
         try:
             return xp.where(cond, a, b)
         except ValueError:
-            raise ValueError(f"where: shapes {tuple(cond.shape)}, {self.metas[0]} and {self.metas[1]} "
+            raise ValueError(f"where: shapes {tuple(cond.shape)}, {_shape_text(a)} and {_shape_text(b)} "
                              "cannot be broadcast together") from None
+        except OverflowError:
+            raise TypeError(_refusal("where", a, b)) from None
 
     def backward(self, g):
         zero = g.dtype.type(0)
         xp = array_module(g)
-        ga = unbroadcast(xp.where(self.cond, g, zero), self.metas[0]) if self.needs_grad(1) else None
-        gb = unbroadcast(xp.where(self.cond, zero, g), self.metas[1]) if self.needs_grad(2) else None
+        _, pa, pb = self.parents
+        ga = _fit(xp.where(self.cond, g, zero), like(pa)) if pa is not None else None
+        gb = _fit(xp.where(self.cond, zero, g), like(pb)) if pb is not None else None
         return None, ga, gb
 
     def release(self):
@@ -166,12 +233,13 @@ class Cast(Node):
     name = "astype"
     saves = False
 
+    @silent  # float64 beyond float16's range becomes inf, as in PyTorch
     def forward(self, x, dtype):
         self.in_dtype = x.dtype
         return x.astype(dtype)
 
     def backward(self, g):
-        return (g.astype(self.in_dtype),)
+        return (cast(g, self.in_dtype),)
 
 
 class ToDevice(Node):
