@@ -200,7 +200,7 @@ def apply(node: Node, *operands, **params):
             else:
                 parents.append(None)
         else:
-            if isinstance(operand, np.generic):
+            if isinstance(operand, np.generic) and operand.dtype.kind in "biuf":
                 # np.float64(2.0) counts as the Python scalar it is: it never changes a tensor's dtype
                 # (NumPy 2 would promote float32 data to float64), as in PyTorch
                 operand = operand.item()

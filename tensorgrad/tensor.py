@@ -43,16 +43,21 @@ def checked_cast(array, dtype, where: str = "tensor"):
     """
     if array.dtype == dtype:
         return array
+    if array.dtype.kind not in "biuf":  # complex would lose its imaginary part, strings their meaning
+        raise TypeError(f"{where}: cannot convert an array of dtype {array.dtype} to {dtype}")
     if dtype.kind in "iu" and array.dtype.kind in "iuf" and array.size:
         info = np.iinfo(dtype)
         xp = backend.array_module(array)
-        if array.dtype.kind == "f":
-            finite = bool(xp.isfinite(array).all())
-            # truncation toward zero: -0.5 becomes 0 and 255.9 becomes 255, both in range for uint8
-            in_range = finite and bool((array > info.min - 1).all()) and bool((array < info.max + 1).all())
-        else:
-            finite = True
-            in_range = bool((array >= info.min).all()) and bool((array <= info.max).all())
+        # the bounds as the array's dtype may round to inf (float16); a finite value is then inside
+        with np.errstate(over="ignore"):
+            if array.dtype.kind == "f":
+                finite = bool(xp.isfinite(array).all())
+                # truncation toward zero: -0.5 becomes 0 and 255.9 becomes 255, both in range for uint8
+                in_range = (finite and bool((array > info.min - 1).all())
+                            and bool((array < info.max + 1).all()))
+            else:
+                finite = True
+                in_range = bool((array >= info.min).all()) and bool((array <= info.max).all())
         if not in_range:
             low, high = xp.min(array).item(), xp.max(array).item()
             what = "NaN or Inf" if not finite else f"values in [{low}, {high}]"
@@ -67,30 +72,25 @@ def _check_grad_dtype(dtype, where: str) -> None:
         raise TypeError(f"{where}: only floating-point tensors can require grad, got dtype {dtype}")
 
 
-def _python_to_array(obj, dtype):
+def _python_to_array(obj, dtype, where: str = "tensor"):
     """Lists and scalars: floats become float32, ints int64, bools bool, unless `dtype` says otherwise."""
     try:
         array = np.asarray(obj)
     except (ValueError, TypeError) as exc:  # ragged nesting, or items NumPy cannot convert
-        raise ValueError(f"tensor: cannot build a tensor from this {type(obj).__name__}: the nested "
+        raise ValueError(f"{where}: cannot build a tensor from this {type(obj).__name__}: the nested "
                          f"sequences must be rectangular and hold numbers ({exc})") from None
     except OverflowError:
-        raise ValueError(f"tensor: an integer in this {type(obj).__name__} is out of range for every "
+        raise ValueError(f"{where}: an integer in this {type(obj).__name__} is out of range for every "
                          "supported dtype (int64 at most)") from None
     if array.dtype == object:
-        raise TypeError(f"tensor: cannot build a tensor from {type(obj).__name__} holding mixed or "
+        raise TypeError(f"{where}: cannot build a tensor from {type(obj).__name__} holding mixed or "
                         "non-numeric items (or integers beyond int64)")
+    kind = array.dtype.kind
+    if kind not in "biuf":
+        raise TypeError(f"{where}: unsupported element type {array.dtype} from {type(obj).__name__}")
     if dtype is None:
-        kind = array.dtype.kind
-        if kind == "f":
-            dtype = float32
-        elif kind in "iu":
-            dtype = int64
-        elif kind == "b":
-            dtype = bool_
-        else:
-            raise TypeError(f"tensor: unsupported element type {array.dtype} from {type(obj).__name__}")
-    return checked_cast(array, dtype)
+        dtype = float32 if kind == "f" else int64 if kind in "iu" else bool_
+    return checked_cast(array, dtype, where)
 
 
 class Tensor:
@@ -525,7 +525,7 @@ class Tensor:
         elif isinstance(other, (bool, int, float, np.generic)):
             other_data = other.item() if isinstance(other, np.generic) else other
         elif isinstance(other, (list, tuple)):
-            other_data = backend.to_device(_python_to_array(other, None), self.device)
+            other_data = backend.to_device(_python_to_array(other, None, op), self.device)
         elif _is_array(other):
             other_data = other
         elif op in ("eq", "ne"):
@@ -540,7 +540,8 @@ class Tensor:
             if other_data.dtype not in _SUPPORTED_DTYPES:
                 raise TypeError(f"{op}: cannot compare a tensor with an array of dtype {other_data.dtype}")
         try:
-            with np.errstate(invalid="ignore"):
+            # NaN compares false and 1e300 against float32 is a comparison with inf: silent, as PyTorch
+            with np.errstate(invalid="ignore", over="ignore"):
                 out = getattr(backend.array_module(self.data), ufunc_name)(self.data, other_data)
         except ValueError:
             raise ValueError(f"{op}: shapes {self.shape} and {tuple(getattr(other_data, 'shape', ()))} "
@@ -669,12 +670,23 @@ def _index_data(index):
 
 
 def _operand(value, like: Tensor):
-    """Matmul needs array operands: wrap a scalar, list or array on `like`'s device and dtype."""
+    """Matmul needs array operands: wrap a list or array on `like`'s device and dtype."""
     if isinstance(value, Tensor):
         return value
     if isinstance(value, numbers.Number):
         raise ValueError("matmul: a scalar operand is not allowed; use * to scale")
-    return Tensor(value, dtype=like.dtype, device=like.device)
+    if isinstance(value, (list, tuple)):
+        value = backend.to_device(_python_to_array(value, None, "matmul"), like.device)
+    elif not _is_array(value):
+        raise TypeError(f"matmul: expected a Tensor, an array or a list as the other operand, got "
+                        f"{type(value).__name__}")
+    if value.dtype not in _SUPPORTED_DTYPES:
+        raise TypeError(f"matmul: an operand of dtype {value.dtype} is not supported; expected "
+                        f"{_SUPPORTED_TEXT}")
+    if type(value) is not type(like.data):
+        raise RuntimeError(f"matmul: operands are on different devices ({like.device} and "
+                           f"{backend.device_of(value)})")
+    return _wrap(value)
 
 
 _new = object.__new__
@@ -752,7 +764,7 @@ def _factory(where, shape, dtype, device, requires_grad, make):
     except MemoryError:
         raise RuntimeError(f"{where}: not enough memory for a tensor of shape {shape} and dtype "
                            f"{dtype}") from None
-    except ValueError as exc:  # NumPy's size limits ("Maximum allowed size exceeded")
+    except (ValueError, OverflowError) as exc:  # NumPy's size limits ("Maximum allowed size exceeded")
         raise ValueError(f"{where}: cannot make a tensor of shape {shape}: {exc}") from None
     out = _wrap(array)
     out._requires_grad = bool(requires_grad)
@@ -797,7 +809,7 @@ def full(shape, fill_value, dtype=None, device=None, requires_grad=False) -> Ten
         dtype = int64
     if dtype is not None:  # refuse what would wrap (300 as uint8) or make up a value (NaN as int32)
         dtype = as_dtype(dtype, "full")
-        fill_value = checked_cast(_python_to_array(fill_value, None), dtype, "full")
+        fill_value = checked_cast(_python_to_array(fill_value, None, "full"), dtype, "full")
     if isinstance(shape, (tuple, list)):
         shape = tuple(shape)
     elif isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
@@ -822,7 +834,7 @@ def arange(start, stop=None, step=1, dtype=None, device=None, requires_grad=Fals
         start, stop = 0, start
     start, stop, step = (_real_number(v, "arange", name) for v, name in
                          ((start, "start"), (stop, "stop"), (step, "step")))
-    if not all(np.isfinite(v) for v in (start, stop, step)):
+    if not all(isinstance(v, int) or np.isfinite(v) for v in (start, stop, step)):
         raise ValueError(f"arange: start, stop and step must be finite, got {start}, {stop}, {step}")
     if step == 0:
         raise ValueError("arange: step must be nonzero")

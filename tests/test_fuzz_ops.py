@@ -35,10 +35,6 @@ FUZZ = settings(max_examples=700, deadline=None, derandomize=True, database=None
 # The surfaces that tensor.py implements (comparisons, argmax/argmin, astype to integers, matmul's
 # operand conversion, the factories): run without shrinking so that their known failures stay cheap.
 FUZZ_TENSOR_PY = settings(FUZZ, max_examples=300, phases=[Phase.explicit, Phase.generate])
-TENSOR_PY_FAILURES = pytest.mark.xfail(
-    reason="tensor.py (the lead's): raw NumPy errors and RuntimeWarnings in comparisons, argmax, astype, "
-           "matmul's operand conversion and the factories; see the issue 12 report", strict=False)
-
 FLOAT_VALUES = [0.0, -0.0, 1.0, -1.5, 2.0, 0.5, 3.0, 1e4, -1e4, 3e38, -3e38, 1e-45, NAN, INF, -INF]
 INT_VALUES = [0, 1, -1, 2, 3, 7, 127, 255, -128, 2 ** 31 - 1, -(2 ** 31), 2 ** 62]
 SHAPES = [(), (0,), (1,), (3,), (2, 3), (3, 1), (1, 3), (2, 0), (0, 3), (2, 1, 3), (3, 3)]
@@ -163,7 +159,6 @@ def test_fuzz_binary_ops(data, op, reflected):
     check(op, lambda: BINARY[op][reflected](a, b))
 
 
-@TENSOR_PY_FAILURES
 @FUZZ_TENSOR_PY
 @given(data=st.data(), op=st.sampled_from(sorted(COMPARISONS) + ["matmul"]))
 def test_fuzz_comparisons_and_matmul_operands(data, op):
@@ -173,7 +168,9 @@ def test_fuzz_comparisons_and_matmul_operands(data, op):
         check("matmul", lambda: a @ b)
         return
     out = check(COMPARISON_NAMES[op], lambda: COMPARISONS[op](a, b))
-    assert out is None or (isinstance(out, tg.Tensor) and out.dtype == np.bool_)
+    # == and != with an unrelated type (a string, a complex number) give Python's False / True
+    python_answer = op in ("eq", "ne") and isinstance(out, bool)
+    assert out is None or python_answer or (isinstance(out, tg.Tensor) and out.dtype == np.bool_)
 
 
 UNARY = {
@@ -199,7 +196,6 @@ def test_fuzz_reductions(data, op, axis, keepdims):
     check(op, lambda: getattr(x, op)(axis=axis, keepdims=keepdims))
 
 
-@TENSOR_PY_FAILURES
 @FUZZ_TENSOR_PY
 @given(data=st.data(), op=st.sampled_from(["argmax", "argmin", "astype"]),
        axis=st.sampled_from(AXES), keepdims=st.sampled_from(KEEPDIMS))
@@ -266,7 +262,6 @@ DATA = [1, 1.5, True, [1, 2], [1.0, NAN], [[1, 2], [3]], [1, "a"], "abc", None, 
         np.float64(2.5), np.int64(2 ** 40), b"x", {"a": 1}]
 
 
-@TENSOR_PY_FAILURES
 @FUZZ_TENSOR_PY
 @given(data=st.data(), op=st.sampled_from(["tensor", "zeros", "ones", "full", "arange", "randn", "rand"]),
        dtype=st.sampled_from(BAD_DTYPES + DTYPE_NAMES + [None] * 4))

@@ -69,6 +69,7 @@ def _fill(tensor: Tensor, samples: np.ndarray, op: str) -> Tensor:
     xp = tensor.xp
     source = samples if xp is np else xp.asarray(samples)
     xp.copyto(tensor.data, source.astype(tensor.dtype, copy=False))
+    tensor._bump_version()
     return tensor
 
 

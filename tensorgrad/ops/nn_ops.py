@@ -92,6 +92,10 @@ class Linear(Node):
     __slots__ = ("x", "weight", "kind", "alpha", "has_bias", "in_shape")
 
     @property
+    def saves_output(self):  # every activation's derivative reads y; the identity's reads nothing
+        return self.kind != "identity"
+
+    @property
     def name(self):
         return "linear" if self.kind == "identity" else f"linear+{self.kind}"
 
@@ -213,6 +217,7 @@ class Softmax(Node):
 
     __slots__ = ("axis",)
     name = "softmax"
+    saves_inputs, saves_output = False, True
 
     @_quiet
     def forward(self, x, axis=-1):
@@ -242,6 +247,7 @@ class LogSoftmax(Node):
 
     __slots__ = ("axis",)
     name = "log_softmax"
+    saves_inputs, saves_output = False, True
 
     @_quiet
     def forward(self, x, axis=-1):
@@ -481,6 +487,7 @@ class Dropout(Node):
     """
 
     __slots__ = ("mask",)
+    saves_inputs = False
     name = "dropout"
 
     @_quiet

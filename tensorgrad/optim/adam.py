@@ -62,6 +62,7 @@ class Adam(Optimizer):
                 if p.grad is None:
                     continue
                 xp, param, grad = p.xp, p.data, grad_array(p, type(self).__name__)
+                p._bump_version()  # the update below changes p in place: graphs that saved p must see it
                 refuse_capture(p, type(self).__name__, "the bias correction changes with every step")
                 state = self.state.setdefault(p, {})
                 if not state:

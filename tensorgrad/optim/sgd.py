@@ -55,6 +55,7 @@ class SGD(Optimizer):
             if p.grad is None:
                 continue
             grad = grad_array(p, "SGD")
+            p._bump_version()  # the update below changes p in place: graphs that saved p must see it
             buf = None
             first = False
             if momentum != 0:
