@@ -19,8 +19,10 @@ def real(value, op: str, name: str, *, low: float | None = None, high: float | N
 
     Bools are refused: `lr=True` is a slip, not the number 1.
     """
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{op}: expected a real number for {name}, got {type(value).__name__} {value!r:.60}")
+    if type(value) is not float and type(value) is not int:  # skip the slow ABC check for the usual ones
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{op}: expected a real number for {name}, got {type(value).__name__} "
+                            f"{value!r:.60}")
     number = float(value)
     if not math.isfinite(number):
         raise ValueError(f"{op}: invalid {name}: {number} (expected a finite number)")
@@ -36,7 +38,8 @@ def real(value, op: str, name: str, *, low: float | None = None, high: float | N
 
 def integer(value, op: str, name: str, *, low: int | None = None) -> int:
     """`value` as a Python int >= low; Python and NumPy integers only (no floats, no bools)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)):
+    if type(value) is not int and (isinstance(value, (bool, np.bool_))
+                                   or not isinstance(value, (numbers.Integral, np.integer))):
         raise TypeError(f"{op}: expected an int for {name}, got {type(value).__name__} {value!r:.60}")
     number = int(value)
     if low is not None and number < low:

@@ -88,7 +88,22 @@ def version_of(tensor) -> Version:
     box = tensor._version_box
     if box is None:
         box = tensor._version_box = Version()
+        node = tensor.grad_fn
+        if node is not None and node.saves and node.saved_output is True:
+            node.saved_output = (box, 0)  # the node saved this output before it had a counter
     return box
+
+
+# In-place changes made so far, to any tensor. A node that saved tensors when this count was the same
+# as at its backward knows none of them changed, and skips checking them one by one.
+_changes = 0
+
+
+def bump_version(tensor) -> None:
+    """Record an in-place change of `tensor`'s storage (every in-place path calls this)."""
+    global _changes
+    version_of(tensor).value += 1
+    _changes += 1
 
 
 class Node:
@@ -99,12 +114,15 @@ class Node:
     for drawing the graph and freed with the saved buffers after backward. `label`, set only when the
     output tensor is given a name, is that name for the drawings.
 
-    `saved_inputs` holds (tensor, version) for each tensor operand whose array the node keeps, and
-    `saved_output` (counter, version) when the backward reads the node's own output: backward checks
-    that none was changed in place since (PyTorch's version counters).
+    A saving node (`saves`) also knows what to check before its backward runs (PyTorch's version
+    counters): `saved_inputs`, its operands when it keeps their arrays, with `saved_versions` their
+    versions then (None: all were 0); and `saved_output`, when the backward reads the node's own
+    output, as (counter, version), or True while the output has no counter yet (nothing could have
+    changed it: counters are made on a tensor's first in-place change, view or detach).
     """
 
-    __slots__ = ("parents", "value", "grad", "freed", "label", "saved_inputs", "saved_output")
+    __slots__ = ("parents", "value", "grad", "freed", "label", "saved_inputs", "saved_versions",
+                 "saved_output", "saved_at")
     name = "op"
     # Ops whose backward reads nothing saved (add, neg, reshape...) can be differentiated again
     # after their buffers were freed, as in PyTorch.
@@ -129,17 +147,23 @@ class Node:
             self.value = Meta(self.value.shape, self.value.dtype)
         self.grad = None
         self.freed = True
-        self.saved_inputs = self.saved_output = None
+        self.saved_inputs = self.saved_versions = self.saved_output = None
 
     def check_versions(self) -> None:
         """Raise if a tensor this node saved was changed in place after it was saved."""
-        for tensor, version in self.saved_inputs or ():
-            box = tensor._version_box
-            now = 0 if box is None else box.value
-            if now != version:
-                self._modified(tuple(tensor.data.shape), version, now)
-        if self.saved_output is not None:
-            box, version = self.saved_output
+        operands = self.saved_inputs
+        if operands is not None:
+            versions = self.saved_versions
+            for i, operand in enumerate(operands):
+                if isinstance(operand, Tensor):
+                    box = operand._version_box
+                    now = 0 if box is None else box.value
+                    then = 0 if versions is None else versions[i]
+                    if now != then:
+                        self._modified(tuple(operand.data.shape), then, now)
+        saved_output = self.saved_output
+        if saved_output is not None and saved_output is not True:
+            box, version = saved_output
             if box.value != version:
                 self._modified(tuple(like(self).shape), version, box.value)
 
@@ -183,9 +207,12 @@ def apply(node: Node, *operands, **params):
     datas = []
     parents = []
     needs = False
+    versioned = False  # some operand has been changed in place, viewed or detached before
     array_type = None
     for operand in operands:
         if isinstance(operand, Tensor):
+            if operand._version_box is not None:
+                versioned = True
             data = operand.data
             if array_type is None:
                 array_type = type(data)
@@ -226,19 +253,13 @@ def apply(node: Node, *operands, **params):
     node.value = out
     node.grad = None
     node.freed = False
-    result = _wrap(out, node)
-    node.saved_inputs = node.saved_output = None
     if node.saves:
-        if node.saves_inputs:
-            saved = []
-            for operand in operands:
-                if isinstance(operand, Tensor):
-                    box = operand._version_box
-                    saved.append((operand, 0 if box is None else box.value))
-            node.saved_inputs = saved
-        if node.saves_output:
-            node.saved_output = (version_of(result), 0)
-    return result
+        node.saved_inputs = operands if node.saves_inputs else None
+        node.saved_versions = [o._version_box.value if isinstance(o, Tensor) and o._version_box is not None
+                               else 0 for o in operands] if versioned and node.saves_inputs else None
+        node.saved_output = True if node.saves_output else None
+        node.saved_at = _changes
+    return _wrap(out, node)
 
 
 _CONTRACT_TYPES = (ValueError, TypeError, IndexError, RuntimeError)
@@ -368,7 +389,7 @@ def run_backward(roots, seeds, retain_graph=False, capture=None):
                 raise RuntimeError(
                     f"backward: trying to backward through the graph a second time ({node.name} already "
                     "freed its saved buffers); pass retain_graph=True to the first backward if you need to")
-            if node.saved_inputs or node.saved_output is not None:
+            if node.saves and node.saved_at != _changes:
                 node.check_versions()
             if targets and node in targets:
                 captured[id(targets[node])] = grad

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tensorgrad import backend
+from tensorgrad.backend import quiet_numpy
 
 ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "elu")
 REDUCTIONS = ("mean", "sum", "none")
@@ -177,7 +178,7 @@ class NumpyKernels:
             # 1 / (1 + exp(-x)): for x < -88 (float32) exp(-x) is inf and the quotient is the exact
             # limit 0, so the overflow is harmless; silencing it costs far less than a sign branch.
             np.negative(x, out=y)
-            with np.errstate(over="ignore"):
+            with quiet_numpy():
                 np.exp(y, out=y)
             np.add(y, 1, out=y)
             np.reciprocal(y, out=y)
@@ -292,7 +293,7 @@ class NumpyKernels:
         row_max = logits.max(axis=1)
         picked_target, bad_rows = _safe_targets(target, c)
         # inf - inf, in rows whose max is infinite, is the NaN those rows should get
-        with np.errstate(invalid="ignore"):
+        with quiet_numpy():
             shifted = np.subtract(logits, row_max[:, None])
             loss = np.subtract(row_max, logits[np.arange(n), picked_target])
         np.exp(shifted, out=shifted)
@@ -317,7 +318,7 @@ class NumpyKernels:
         _check_row_stats(fn, row_max, row_sum, logits)
         _check_grad_loss(fn, grad_loss, logits, reduction)
         n, c = logits.shape
-        with np.errstate(invalid="ignore"):  # inf - inf where the max is infinite: NaN rows, as the forward's
+        with quiet_numpy():  # inf - inf where the max is infinite: NaN rows, as the forward's
             grad = np.subtract(logits, row_max[:, None], out=_check_out(fn, out, logits, "logits"))
         np.exp(grad, out=grad)
         picked_target, bad_rows = _safe_targets(target, c)

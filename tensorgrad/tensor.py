@@ -200,7 +200,7 @@ class Tensor:
 
     def _bump_version(self) -> None:
         """Record an in-place change of the storage, made through `.data` by optimizers and initializers."""
-        autograd.version_of(self).value += 1
+        autograd.bump_version(self)
 
     @property
     def xp(self):
@@ -428,7 +428,7 @@ class Tensor:
         self._store(result.data, op_name)
         node = result.grad_fn
         node.value = self.data
-        if node.saved_output is not None:
+        if node.saves and node.saved_output is not None:
             node.saved_output = (box, box.value)
         self.grad_fn = node
         self._requires_grad = True
@@ -445,7 +445,7 @@ class Tensor:
             raise TypeError(f"{op_name}: the result's dtype {result.dtype} cannot be stored in place in a "
                             f"{self.data.dtype} tensor")
         self.data[...] = result
-        autograd.version_of(self).value += 1
+        autograd.bump_version(self)
 
     def __iadd__(self, other):
         return self._inplace("iadd", _ops.Add(), other)
@@ -515,7 +515,7 @@ class Tensor:
         elif isinstance(value, (list, tuple)):
             value = _python_to_array(value, None)
         _ops.SetItem.assign(self.data, index, value, op_name)
-        autograd.version_of(self).value += 1
+        autograd.bump_version(self)
         return self
 
     # comparisons: bool tensors, outside the graph

@@ -7,6 +7,8 @@ Every loss takes `reduction='mean' | 'sum' | 'none'`.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import _checks, autograd, backend, kernels, ops
@@ -123,6 +125,9 @@ def _loss_operands(input: Tensor, target, op: str, rule: str):
     input's dtype, so float64 NumPy labels never turn a float32 model's loss into float64; beside an
     integer input (mse_loss only) its own float dtype decides.
     """
+    if (isinstance(target, Tensor) and target.data.dtype == input.data.dtype and input.data.dtype.kind == "f"
+            and type(target.data) is type(input.data)):
+        return input, target  # the usual case: one float dtype on one device, nothing to decide
     target = _target_tensor_or_data(target, input, op)
     if isinstance(target, Tensor):
         dtype = _loss_dtype(input.dtype, target.dtype, op, rule)
@@ -160,11 +165,17 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: st
     """
     _tensor(x, "linear")
     _tensor(weight, "linear", "weight")
-    kind = "identity" if activation is None else _checks.choice(activation, kernels.ACTIVATIONS, "linear",
-                                                                "activation")
-    alpha = _checks.real(alpha, "linear", "alpha")
     if bias is not None:
         _tensor(bias, "linear", "bias")
+    # every dense layer's forward passes here: the checks take their fast path for the usual values
+    if activation is None:
+        kind = "identity"
+    elif isinstance(activation, str) and activation in kernels.ACTIVATIONS:
+        kind = activation
+    else:
+        kind = _checks.choice(activation, kernels.ACTIVATIONS, "linear", "activation")
+    if type(alpha) is not float or not math.isfinite(alpha):
+        alpha = _checks.real(alpha, "linear", "alpha")
     return autograd.apply(nn_ops.Linear(), x, weight, bias, activation=kind, alpha=alpha)
 
 

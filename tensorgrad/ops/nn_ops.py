@@ -9,14 +9,14 @@ lecture's `delta = a - y` ((softmax - onehot) / N), computed as such, not as a c
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 
 from .. import kernels
 from ..autograd import Node, unbroadcast
-from ..backend import array_module
+from ..backend import array_module, quiet_numpy
+from .common import silent
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -32,21 +32,11 @@ def _as_dtype(g, dtype):
 _FLOAT16 = np.dtype(np.float16)
 
 
-def _quiet(method):
-    """Run a forward or backward with NumPy's floating-point warnings off: as in PyTorch, overflow to inf
-    (float16 above 65504 included) and NaN from inf - inf are results, not warnings."""
-    @functools.wraps(method)
-    def run(*args, **kwargs):
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            return method(*args, **kwargs)
-    return run
-
-
 def _narrowed(a, dtype):
     """`a` cast to `dtype`; a float16 result past 65504 is inf, silently, as in PyTorch."""
     if a.dtype == dtype:
         return a
-    with np.errstate(over="ignore"):
+    with quiet_numpy():
         return a.astype(dtype)
 
 
@@ -123,21 +113,22 @@ class Linear(Node):
         x2 = x.reshape(math.prod(x.shape[:-1]), x.shape[-1]) if x.ndim != 2 else x
         self.x = x2 if self.needs_grad(1) else None
         self.weight = weight if self.needs_grad(0) else None
-        out_shape = x.shape[:-1] + (weight.shape[0],)
         if x2.size == 0 or weight.size == 0:
-            return self._forward_empty(x2, weight, bias, out_shape)
+            return self._forward_empty(x2, weight, bias, x.shape[:-1] + (weight.shape[0],))
         # float16 runs the GEMM and the epilogue in float32 (the fused kernels take float32/64 only, and
         # PyTorch accumulates half GEMMs in float32 too), rounded to float16 once at the end
-        dtype = weight.dtype
-        x2, weight, bias = _widened(x2), _widened(weight), _widened(bias)
+        half = weight.dtype.itemsize == 2
+        if half:
+            x2, weight, bias = _widened(x2), _widened(weight), _widened(bias)
         k = kernels.for_array(x2)
         h = k.matmul(x2, weight.T)
         if bias is not None:
             k.bias_activation_forward(activation, h, _contiguous(bias), alpha, out=h)
         elif activation != "identity":
             k.activation_forward(activation, h, alpha, out=h)
-        h = _narrowed(h, dtype)
-        return h if x.ndim == 2 else h.reshape(out_shape)
+        if half:
+            h = _narrowed(h, _FLOAT16)
+        return h if x.ndim == 2 else h.reshape(x.shape[:-1] + (h.shape[1],))
 
     def _forward_empty(self, x2, weight, bias, out_shape):
         """No element to compute (N, in_features or out_features is 0): the activation of the bias alone
@@ -158,28 +149,34 @@ class Linear(Node):
         if g.size == 0 or self.in_shape[-1] == 0:
             return self._backward_empty(g, dtype)
         # float16: f', the bias sum and both GEMMs in float32, each gradient rounded once (see forward)
-        g2 = _contiguous(_widened(_as_dtype(g.reshape(-1, out_features), dtype)))
-        y2 = _widened(self.value.reshape(-1, out_features))
+        half = dtype.itemsize == 2
+        g2 = _as_dtype(g.reshape(-1, out_features), dtype)
+        y2 = self.value.reshape(-1, out_features)
+        if half:
+            g2, y2 = _widened(g2), _widened(y2)
+        g2 = _contiguous(g2)
         k = kernels.for_array(g2)
         gb = None
         if self.has_bias and self.needs_grad(2):
             # one pass for f' and the bias gradient; an identity layer's g_pre is g2's own values, so
             # writing them back into g2 changes nothing even where g2 is shared with another consumer
-            g_pre, gb = k.activation_backward_bias(self.kind, _contiguous(y2), g2, self.alpha,
+            g_pre, gb = k.activation_backward_bias(self.kind, y2, g2, self.alpha,
                                                    out=g2 if self.kind == "identity" else None)
         elif self.kind == "identity":
             g_pre = g2
         else:
-            g_pre = k.activation_backward(self.kind, _contiguous(y2), g2, self.alpha)
+            g_pre = k.activation_backward(self.kind, y2, g2, self.alpha)
         gx = gw = None
         if self.needs_grad(0):
-            gx = _narrowed(k.matmul(g_pre, _widened(self.weight)), dtype)
+            gx = k.matmul(g_pre, _widened(self.weight) if half else self.weight)
             if gx.shape != self.in_shape:
                 gx = gx.reshape(self.in_shape)
         if self.needs_grad(1):
             # directly in W's (out, in) layout: read g_pre transposed
-            gw = _narrowed(k.matmul(g_pre.T, _widened(self.x)), dtype)
-        return gx, gw, None if gb is None else _narrowed(gb, dtype)
+            gw = k.matmul(g_pre.T, _widened(self.x) if half else self.x)
+        if half:  # each gradient rounded to float16 once
+            gx, gw, gb = (None if a is None else _narrowed(a, dtype) for a in (gx, gw, gb))
+        return gx, gw, gb
 
     def _backward_empty(self, g, dtype):
         """Gradients when some axis is empty: zeros of each operand's shape, except the bias gradient
@@ -219,7 +216,7 @@ class Softmax(Node):
     name = "softmax"
     saves_inputs, saves_output = False, True
 
-    @_quiet
+    @silent
     def forward(self, x, axis=-1):
         self.axis = axis = _axis(axis, x.ndim, "softmax")
         xp = array_module(x)
@@ -227,13 +224,13 @@ class Softmax(Node):
             return xp.empty_like(x)
         dtype, x = x.dtype, _widened(x)  # float16 exponentiates and sums in float32
         # After subtracting the row max every exponent is <= 0: no overflow for any magnitude; a row of
-        # only -inf gives NaN, as in PyTorch (silently: see _quiet)
+        # only -inf gives NaN, as in PyTorch (silently: see common.silent)
         y = xp.subtract(x, x.max(axis=axis, keepdims=True))
         xp.exp(y, out=y)
         y /= y.sum(axis=axis, keepdims=True)
         return _as_dtype(y, dtype)
 
-    @_quiet
+    @silent
     def backward(self, g):
         y = _widened(self.value)
         dot = (_widened(g) * y).sum(axis=self.axis, keepdims=True)
@@ -249,7 +246,7 @@ class LogSoftmax(Node):
     name = "log_softmax"
     saves_inputs, saves_output = False, True
 
-    @_quiet
+    @silent
     def forward(self, x, axis=-1):
         self.axis = axis = _axis(axis, x.ndim, "log_softmax")
         xp = array_module(x)
@@ -262,7 +259,7 @@ class LogSoftmax(Node):
         y -= lse
         return _as_dtype(y, dtype)
 
-    @_quiet
+    @silent
     def backward(self, g):
         xp = array_module(g)
         dtype, g = g.dtype, _widened(g)
@@ -330,7 +327,7 @@ class NLLLoss(Node):
     name = "nll_loss"
     saves = False  # the backward reads only the (small, integer) target, kept even after release
 
-    @_quiet
+    @silent
     def forward(self, logp, target, reduction="mean"):
         xp = array_module(logp)
         self.bad = None
@@ -345,7 +342,7 @@ class NLLLoss(Node):
             loss = xp.where(self.bad, xp.nan, loss).astype(loss.dtype, copy=False)
         return _as_dtype(_reduce(loss, reduction), logp.dtype)
 
-    @_quiet
+    @silent
     def backward(self, g):
         xp = array_module(g)
         n = self.shape[0]
@@ -362,25 +359,35 @@ class MSELoss(Node):
     __slots__ = ("diff", "reduction", "shapes")
     name = "mse_loss"
 
-    @_quiet
+    @silent
     def forward(self, pred, target, reduction="mean"):
+        self.shapes = (pred.shape, target.shape)
+        dtype = pred.dtype
+        if dtype.itemsize == 2:  # float16 is subtracted, squared and summed in float32, as PyTorch does
+            pred, target = _widened(pred), _widened(target)
         try:
-            # float16 operands are subtracted, squared and summed in float32, as PyTorch does
-            diff = array_module(pred).asarray(_widened(pred) - _widened(target))
+            diff = pred - target
         except ValueError:
             raise ValueError(f"mse_loss: shapes {tuple(pred.shape)} and {tuple(target.shape)} cannot be "
                              "broadcast together") from None
+        if isinstance(diff, np.generic):  # 0-d operands: NumPy's scalar back to a 0-d array
+            diff = np.asarray(diff)
         self.diff, self.reduction = diff, reduction
-        self.shapes = (pred.shape, target.shape)
-        return _as_dtype(_reduce(diff * diff, reduction), pred.dtype)
+        return _as_dtype(_reduce(diff * diff, reduction), dtype)
 
-    @_quiet
+    @silent
     def backward(self, g):
         dtype = g.dtype
-        scale = _spread(_widened(g), self.reduction, self.diff.size)
+        half = dtype.itemsize == 2
+        scale = _spread(_widened(g) if half else g, self.reduction, self.diff.size)
         grad = self.diff * (2 * scale)
-        gp = _as_dtype(unbroadcast(grad, self.shapes[0]), dtype) if self.needs_grad(0) else None
-        gt = _as_dtype(-unbroadcast(grad, self.shapes[1]), dtype) if self.needs_grad(1) else None
+        gp = gt = None
+        if self.needs_grad(0):
+            gp = unbroadcast(grad, self.shapes[0])
+            gp = gp.astype(dtype) if half else gp
+        if self.needs_grad(1):
+            gt = -unbroadcast(grad, self.shapes[1])
+            gt = gt.astype(dtype) if half else gt
         return gp, gt
 
     def release(self):
@@ -403,11 +410,11 @@ class BinaryCrossEntropy(Node):
     __slots__ = ("p", "t", "reduction")
     name = "binary_cross_entropy"
 
-    @_quiet
+    @silent
     def forward(self, p, t, reduction="mean"):
         xp = array_module(p)
         dtype, p, t = p.dtype, xp.asarray(_widened(p)), xp.asarray(_widened(t))  # float16 in float32
-        with np.errstate(divide="ignore"):  # log(0) = -inf, then clamped to -100
+        with quiet_numpy():  # log(0) = -inf, then clamped to -100
             log_p = xp.maximum(xp.log(p), -100)
             log_q = xp.maximum(xp.log1p(-p), -100)
         self.p, self.t, self.reduction = p, t, reduction
@@ -415,7 +422,7 @@ class BinaryCrossEntropy(Node):
         loss -= t * log_p
         return _as_dtype(_reduce(loss, reduction), dtype)
 
-    @_quiet
+    @silent
     def backward(self, g):
         xp = array_module(g)
         dtype, g = g.dtype, _widened(g)
@@ -427,7 +434,7 @@ class BinaryCrossEntropy(Node):
             gp = _as_dtype(gp / xp.maximum((1 - p) * p, _BCE_EPSILON), dtype)
         if self.needs_grad(1):
             # log(1 - p) - log(p), unclamped as in PyTorch: +-inf where p is exactly 0 or 1
-            with np.errstate(divide="ignore"):
+            with quiet_numpy():
                 gt = xp.log1p(-p) - xp.log(p)
             gt = _as_dtype(gt * scale, dtype)
         return gp, gt
@@ -446,7 +453,7 @@ class BinaryCrossEntropyWithLogits(Node):
     __slots__ = ("z", "t", "reduction")
     name = "binary_cross_entropy_with_logits"
 
-    @_quiet
+    @silent
     def forward(self, z, t, reduction="mean"):
         xp = array_module(z)
         dtype, z, t = z.dtype, xp.asarray(_widened(z)), xp.asarray(_widened(t))  # float16 in float32
@@ -459,7 +466,7 @@ class BinaryCrossEntropyWithLogits(Node):
         self.z, self.t, self.reduction = z, t, reduction
         return _as_dtype(_reduce(loss, reduction), dtype)
 
-    @_quiet
+    @silent
     def backward(self, g):
         dtype, g = g.dtype, _widened(g)
         z, t = self.z, self.t
@@ -490,12 +497,12 @@ class Dropout(Node):
     saves_inputs = False
     name = "dropout"
 
-    @_quiet
+    @silent
     def forward(self, x, mask):
         self.mask = mask
         return x * mask
 
-    @_quiet
+    @silent
     def backward(self, g):
         return (g * self.mask, None)
 
