@@ -95,7 +95,7 @@ def test_fit_stops_after_patience_epochs_without_improvement():
     # best at epoch 4 (0.7); epochs 5, 6, 7 do not beat it, so training ends after epoch 7
     assert history.epochs == 7 and seen == [1, 2, 3, 4, 5, 6, 7]
     assert history.best_epoch == 4 and history.best_val_loss == 0.7
-    assert history.stop_reason == "patience" and history.stopped_early
+    assert history.stop_reason == "early_stopping" and history.stopped_early
     assert history.val_loss == losses[:7]
     assert len(history.train_loss) == len(history.seconds) == len(history.val_accuracy) == 7
     assert all(s > 0 for s in history.seconds)
@@ -107,7 +107,7 @@ def test_fit_runs_all_epochs_when_patience_is_not_used_up():
     history = fit(model, F.cross_entropy, opt, train, epochs=4, patience=3,
                   validate=scripted([1.0, 1.1, 1.2, 1.3]))
     assert history.epochs == 4 and history.best_epoch == 1
-    assert history.stop_reason is None and not history.stopped_early
+    assert history.stop_reason == "completed" and not history.stopped_early
 
 
 def test_fit_callback_can_stop_training():
@@ -267,16 +267,76 @@ def test_evaluate_accuracy_undefined_for_regression():
 def test_progress_bar_shows_loss_and_throughput(capsys):
     pytest.importorskip("tqdm")
     model, opt, train, _ = small_setup()
-    fit(model, F.cross_entropy, opt, train, epochs=2, progress=True)
+    history = fit(model, F.cross_entropy, opt, train, epochs=2, progress=True)
     err = capsys.readouterr().err
+    assert all(line + "\n" in err for line in summary_lines(history, 2))
     assert "epoch 1/2" in err and "epoch 2/2" in err and "samples/s" in err and "160" in err
 
 
-def test_no_progress_bar_when_stderr_is_not_a_terminal(capsys):
-    model, opt, train, _ = small_setup()
+def summary_lines(history, epochs):
+    """The per-epoch lines fit prints, built here from the History's numbers."""
+    lines = []
+    for i in range(history.epochs):
+        line = f"epoch {i + 1}/{epochs}  train loss {history.train_loss[i]:.4f}"
+        if not math.isnan(history.val_loss[i]):
+            line += f"  val loss {history.val_loss[i]:.4f}  val acc {100 * history.val_accuracy[i]:.2f}%"
+        lines.append(line + f"  {history.seconds[i]:.1f} s")
+    return lines
+
+
+def test_one_line_per_epoch_when_stderr_is_not_a_terminal(capsys):
+    model, opt, train, val = small_setup()
     assert not sys.stderr.isatty()
-    fit(model, F.cross_entropy, opt, train, epochs=1)
+    history = fit(model, F.cross_entropy, opt, train, val, epochs=2)
+    assert capsys.readouterr().err.splitlines() == summary_lines(history, 2)
+    assert "val acc" in summary_lines(history, 2)[0]
+    history = fit(model, F.cross_entropy, opt, train, epochs=1, verbose=2)  # no validation: no val columns
+    assert capsys.readouterr().err.splitlines() == summary_lines(history, 1)
+    assert "val" not in summary_lines(history, 1)[0]
+    fit(model, F.cross_entropy, opt, train, val, epochs=2, verbose=0)
     assert capsys.readouterr().err == ""
+
+
+class FakeTerminal:
+    """A stderr that says it is a terminal and keeps what was written."""
+
+    def __init__(self):
+        self.parts = []
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        self.parts.append(text)
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+def test_in_a_terminal_the_bar_leaves_the_summary_line(monkeypatch):
+    pytest.importorskip("tqdm")
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    model, opt, train, val = small_setup()
+    history = fit(model, F.cross_entropy, opt, train, val, epochs=2)
+    text = "".join(terminal.parts)
+    assert "samples/s" in text  # the bar was drawn
+    for line in summary_lines(history, 2):
+        assert line + "\n" in text
+    terminal.parts.clear()
+    history = fit(model, F.cross_entropy, opt, train, val, epochs=2, verbose=2)  # lines, never a bar
+    assert "".join(terminal.parts).splitlines() == summary_lines(history, 2)
+    terminal.parts.clear()
+    fit(model, F.cross_entropy, opt, train, val, epochs=1, verbose=0)
+    assert terminal.parts == []
+
+
+@pytest.mark.parametrize("verbose", [3, -1, True, 1.0])
+def test_fit_rejects_bad_verbose(verbose):
+    model, opt, train, _ = small_setup()
+    with pytest.raises((ValueError, TypeError), match="verbose"):
+        fit(model, F.cross_entropy, opt, train, epochs=1, verbose=verbose)
 
 
 def test_progress_true_without_tqdm_says_what_to_install(monkeypatch):

@@ -30,6 +30,10 @@ class DataLoader:
     host generator, so `tg.manual_seed(...)` makes the orders reproducible, as in PyTorch.
     device: 'cpu' or 'cuda' (default: tensorgrad's default device).
 
+    `state_dict()` / `load_state_dict(sd)` save and restore the shuffle generator, so that a resumed
+    training run visits the samples in the orders the uninterrupted run would have: each `iter(loader)`
+    draws the next order, so a state taken between epochs gives the next epoch's order.
+
     Batches are fresh arrays: changing one in place never changes the data set. On the CPU the
     loader keeps a reference to NumPy arrays it is given rather than a copy.
     """
@@ -81,6 +85,23 @@ class DataLoader:
             else:
                 batch = [a[start:start + size].copy() for a in self.arrays]
             yield tuple(_wrap(b) for b in batch)
+
+    def state_dict(self) -> dict:
+        """{'shuffle_rng': the shuffle generator's state as a JSON string}: plain data tg.save can store."""
+        from tensorgrad.random import generator_state
+
+        return {"shuffle_rng": generator_state(self.rng)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the shuffle generator from `state_dict()`'s result; ValueError for anything else."""
+        from tensorgrad.random import set_generator_state
+
+        if not isinstance(state_dict, dict) or "shuffle_rng" not in state_dict:
+            found = (sorted(map(str, state_dict)) if isinstance(state_dict, dict)
+                     else type(state_dict).__name__)
+            raise ValueError(f"DataLoader.load_state_dict: expected a dict with 'shuffle_rng' as returned by "
+                             f"state_dict(), got {found}")
+        set_generator_state(self.rng, state_dict["shuffle_rng"], "DataLoader.load_state_dict")
 
     def __repr__(self) -> str:
         shapes = ", ".join(str(tuple(a.shape)) for a in self.arrays)
