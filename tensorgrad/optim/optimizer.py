@@ -9,7 +9,7 @@ import numbers
 
 import numpy as np
 
-from .. import autograd, backend, kernels
+from .. import _checks, autograd, backend, kernels
 from ..tensor import Tensor
 
 
@@ -204,6 +204,9 @@ class Optimizer:
             group["params"] = own["params"]
             try:
                 self._validate(group)
+                if "initial_lr" in group:
+                    group["initial_lr"] = _checks.real(group["initial_lr"], type(self).__name__, "initial_lr",
+                                                       low=0)
             except (TypeError, ValueError) as error:
                 kind = ValueError if isinstance(error, ValueError) else TypeError
                 raise kind(f"{where}: parameter group {i} of the state dict: {error}") from None
@@ -214,7 +217,8 @@ class Optimizer:
     def _saved_indices(self, i: int, saved: dict, where: str) -> list[int]:
         """The parameter indices of saved group i, once it is known to hold this optimizer's
         hyperparameters (and a list of indices)."""
-        names = {k for k in saved if k != "params"}
+        # 'initial_lr' is what a learning-rate scheduler adds to each group (as torch's do)
+        names = {k for k in saved if k not in ("params", "initial_lr")}
         if names != set(self.defaults):
             sources = [c.__name__ for c in _optimizer_classes() if _hyperparameters(c) == names]
             whose = f" — {' or '.join(sources)}'s" if sources else ""
