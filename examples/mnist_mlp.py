@@ -15,19 +15,34 @@ Real MNIST (784-512-512-10, about 98% on the full data set):
 
     python examples/mnist_mlp.py --dataset mnist --data-dir data --download
 
-With only MNIST's test files at hand (10,000 images), train on the first 8,000 and test on the last
-2,000 (about 96%):
+With only MNIST's test files at hand (10,000 images, t10k-images-idx3-ubyte[.gz] and
+t10k-labels-idx1-ubyte[.gz] in the folder given to --data-dir), train on the first 8,000 and test on the
+last 2,000 (about 96%):
 
-    python examples/mnist_mlp.py --dataset mnist --data-dir ../shared/data/mnist --train-on-test-split
+    python examples/mnist_mlp.py --dataset mnist --data-dir data --train-on-test-split
 
+Stopping and resuming: the whole training state (weights, optimizer and scheduler state, the shuffle's
+random state, the history so far) is written after every epoch to training_state.npz beside the
+checkpoint (--state to choose). Ctrl-C finishes the current step, writes it, prints
+
+    interrupted after epoch 3, step 243; resume with --resume training_state.npz
+
+and exits with status 130; the same command line plus `--resume training_state.npz` then ends exactly
+where the uninterrupted run would have (--epochs is the total, not the number still to run).
+
+Every option is checked before any data is read: a bad one is one `error:` line and exit status 2.
 Run with --help for every option.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -48,6 +63,9 @@ DEFAULTS = {
 DEFAULTS["fashion-mnist"] = DEFAULTS["mnist"]
 
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+SCHEDULERS = ("none", "step", "cosine", "plateau")
+STATE_NAME = "training_state.npz"
+STATE_FORMAT = "tensorgrad-training-state"  # the "format" entry of fit's state files
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -86,18 +104,120 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", default="checkpoint.npz", metavar="PATH",
                    help="where to save the best weights, written on every new best validation loss "
                         "(default: checkpoint.npz)")
+    p.add_argument("--state", default=None, metavar="PATH",
+                   help="where the whole training state (weights, optimizer and scheduler state, random "
+                        f"states, history) is written after every epoch and on Ctrl-C (default: {STATE_NAME} "
+                        "in the checkpoint's folder)")
+    p.add_argument("--resume", default=None, metavar="PATH",
+                   help="continue from a training state written by an earlier run with the same options; "
+                        "--epochs stays the total")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default="none",
+                   help="learning-rate schedule, stepped once per epoch: none (default); step: x0.1 every "
+                        "max(1, epochs // 3) epochs; cosine: cosine annealing to 0 over --epochs; plateau: "
+                        "x0.5 after 2 epochs without a better validation loss")
+    p.add_argument("--clip-grad-norm", type=float, default=None, metavar="X",
+                   help="rescale the gradients so that their total 2-norm is at most X (> 0) before every "
+                        "step (default: no clipping)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     for name, value in DEFAULTS[args.dataset].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if args.limit is not None and args.limit < 10:
-        p.error(f"--limit: expected at least 10 samples, got {args.limit}")
-    if not 0 < args.val_fraction < 1:
-        p.error(f"--val-fraction: expected a fraction in (0, 1), got {args.val_fraction}")
+    if args.state is None:
+        args.state = str(Path(args.checkpoint).parent / STATE_NAME)
+    check_args(p, args)
+    return args
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every option checked before any data is read, so a slip ends in one `error:` line (exit status 2)
+    at once, never in a traceback after minutes of training. `p.error` exits."""
+
+    def number(option, value, low=None, high=None, *, low_open=False, high_open=False, integer=False):
+        # argparse's float() takes "nan" and "inf", and the range tests below would let NaN through
+        if not integer and not math.isfinite(value):
+            p.error(f"{option}: expected a finite number, got {value}")
+        below = low is not None and (value <= low if low_open else value < low)
+        above = high is not None and (value >= high if high_open else value > high)
+        if below or above:
+            kind = "an integer" if integer else "a number"
+            if high is None:
+                span = f"{'>' if low_open else '>='} {low}"
+            else:
+                span = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+            p.error(f"{option}: expected {kind} {span}, got {value}")
+
+    number("--epochs", args.epochs, 1, integer=True)
+    number("--batch-size", args.batch_size, 1, integer=True)
+    for width in args.hidden:
+        number("--hidden", width, 1, integer=True)
+    number("--lr", args.lr, 0, low_open=True)
+    number("--momentum", args.momentum, 0, 1, high_open=True)
+    number("--weight-decay", args.weight_decay, 0)
+    number("--patience", args.patience, 0, integer=True)
+    # NumPy's seeds are non-negative; the split's generator is seeded with seed + 1
+    number("--seed", args.seed, 0, 2 ** 32 - 1, integer=True)
+    if args.limit is not None:
+        # fewer samples cannot be split into train, validation and test
+        number("--limit", args.limit, 10, integer=True)
+    number("--val-fraction", args.val_fraction, 0, 1, low_open=True, high_open=True)
+    if args.clip_grad_norm is not None:
+        number("--clip-grad-norm", args.clip_grad_norm, 0, low_open=True)
     if args.train_on_test_split and args.dataset == "digits":
         p.error("--train-on-test-split is for --dataset mnist or fashion-mnist")
-    return args
+    try:
+        args.device = tg.backend.normalize_device(args.device)
+    except RuntimeError as exc:
+        p.error(f"--device: {exc}")
+
+    outputs = {"--checkpoint": args.checkpoint, "--state": args.state, "--plot": args.plot}
+    for option, path in outputs.items():
+        check_output(p, option, path)
+    resolved = {}
+    for option, path in outputs.items():
+        other = resolved.setdefault(os.path.realpath(path), option)
+        if other != option:
+            p.error(f"{option} and {other} name the same file {path}; each needs its own")
+    check_plot_format(p, args.plot)
+    if args.resume is not None:
+        if not os.path.isfile(args.resume):
+            p.error(f"--resume: no training state at {args.resume}")
+        try:
+            state = tg.load(args.resume)
+        except (OSError, ValueError) as exc:
+            p.error(f"--resume: {exc}")
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            p.error(f"--resume: {args.resume} is not a training state written by fit (--state); "
+                    "the best-weights checkpoint cannot be resumed from")
+
+
+def check_output(p: argparse.ArgumentParser, option: str, path: str) -> None:
+    """The file can be written: its folder exists and takes a new file, and it is not itself a folder."""
+    folder = os.path.dirname(path) or "."
+    if os.path.isdir(path):
+        p.error(f"{option}: {path} is a folder; expected a file name")
+    if not os.path.isdir(folder):
+        p.error(f"{option}: the folder {folder} does not exist")
+    # creating a file is the only faithful test: os.access ignores read-only mounts and says yes to root
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        p.error(f"{option}: cannot write to the folder {folder} ({exc.strerror or exc})")
+
+
+def check_plot_format(p: argparse.ArgumentParser, path: str) -> None:
+    """The plot's suffix is a format matplotlib writes (no suffix: PNG). Without matplotlib there is no
+    plot at all, only a note after training, so nothing to check."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return
+    suffix = Path(path).suffix.lstrip(".").lower()
+    formats = Figure().canvas.get_supported_filetypes()
+    if suffix and suffix not in formats:
+        p.error(f"--plot: matplotlib cannot write .{suffix} files; expected one of "
+                f"{', '.join('.' + f for f in sorted(formats))}")
 
 
 def load_data(args):
@@ -154,14 +274,62 @@ def describe_device(device: str) -> str:
         return f"{device} (CuPy)"
 
 
+def build_scheduler(name: str, optimizer, epochs: int):
+    """The --scheduler choice for `optimizer` over `epochs` epochs (None for 'none'); fit steps it once per
+    epoch, ReduceLROnPlateau on the validation loss."""
+    if name == "step":
+        return optim.lr_scheduler.StepLR(optimizer, step_size=max(1, epochs // 3), gamma=0.1)
+    if name == "cosine":
+        return optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if name == "plateau":
+        return optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=2)
+    return None
+
+
+def describe_schedule(args) -> str:
+    if args.scheduler == "step":
+        return f"lr x0.1 every {max(1, args.epochs // 3)} epochs"
+    if args.scheduler == "cosine":
+        return f"cosine annealing of the lr to 0 over {args.epochs} epochs"
+    return "lr x0.5 after 2 epochs without a better validation loss"
+
+
+def resume_mismatch(path: str, model) -> str | None:
+    """Why the training state at `path` cannot continue `model` (other layer sizes or data set), or
+    None; checked here so that the mistake is one line before training, not a traceback from inside."""
+    saved = tg.load(path)["model"]
+    saved_shapes = {name: tuple(value.shape) for name, value in saved.items()}
+    shapes = {name: tuple(value.shape) for name, value in model.state_dict().items()}
+    if saved_shapes == shapes:
+        return None
+    differ = sorted(name for name in shapes.keys() | saved_shapes.keys()
+                    if shapes.get(name) != saved_shapes.get(name))
+    return (f"{path} was written for another model ({differ[0]}: {saved_shapes.get(differ[0])} there, "
+            f"{shapes.get(differ[0])} here); resume with the options of the run that wrote it")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    start = time.perf_counter()
+    started = time.time()
     try:
-        device = tg.backend.normalize_device(args.device)
-    except RuntimeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return train(args)
+    except KeyboardInterrupt:
+        # a second Ctrl-C (fit stops at once), or one while reading data or testing: still one line
+        print(interrupted_elsewhere(args.state, started), file=sys.stderr)
+        return 130
+
+
+def interrupted_elsewhere(state: str, started: float) -> str:
+    """The line for a Ctrl-C that fit did not turn into a clean stop."""
+    if os.path.isfile(state) and os.path.getmtime(state) >= started:
+        return (f"interrupted; the state after the last finished epoch is in {state}: "
+                f"resume with --resume {state}")
+    return "interrupted before the first epoch ended; no training state written"
+
+
+def train(args) -> int:
+    start = time.perf_counter()
+    device = args.device
     try:
         X_train, y_train, X_test, y_test, source = load_data(args)
     except (FileNotFoundError, RuntimeError, ValueError) as exc:
@@ -190,15 +358,30 @@ def main(argv=None) -> int:
     optimizer = optim.SGD([{"params": weights, "weight_decay": args.weight_decay},
                            {"params": biases, "weight_decay": 0.0}],
                           lr=args.lr, momentum=args.momentum)
+    scheduler = build_scheduler(args.scheduler, optimizer, args.epochs)
+    if args.resume is not None:
+        mismatch = resume_mismatch(args.resume, model)
+        if mismatch:
+            print(f"error: --resume: {mismatch}", file=sys.stderr)
+            return 2
     sizes = "-".join(str(n) for n in [X_train.shape[1], *args.hidden, classes])
     print(f"model: {sizes} {args.activation} MLP; SGD lr {args.lr}, momentum {args.momentum}, "
           f"weight decay {args.weight_decay} (weights only), batch {args.batch_size}")
+    if scheduler is not None:
+        print(f"schedule: {args.scheduler} ({describe_schedule(args)})")
+    if args.clip_grad_norm is not None:
+        print(f"gradient clipping: total 2-norm at most {args.clip_grad_norm}")
+    if args.resume is not None:
+        print(f"resuming from {args.resume}")
 
-    progress = False if args.no_progress else None
-    if progress is None and sys.stderr.isatty():
+    # a bar only where a person watches (stderr a terminal); the epoch lines are the report below, on
+    # stdout with the best-epoch mark, so fit prints none of its own (verbose=0) and a log gets each once
+    progress = not args.no_progress and sys.stderr.isatty()
+    if progress:
         try:
             import tqdm  # noqa: F401
         except ImportError:
+            progress = False
             print("(no progress bar: pip install tensorgrad[progress] to get one)", file=sys.stderr)
 
     def report(epoch, history):
@@ -209,14 +392,19 @@ def main(argv=None) -> int:
 
     history = fit(model, F.cross_entropy, optimizer, train_loader, val_loader, epochs=args.epochs,
                   patience=args.patience or None, checkpoint=args.checkpoint, progress=progress,
-                  on_epoch_end=report)
-    if history.stop_reason == "patience":
+                  on_epoch_end=report, scheduler=scheduler, clip_grad_norm=args.clip_grad_norm,
+                  state=args.state, resume=args.resume, verbose=0)
+    if history.stop_reason == "interrupted":
+        print(f"interrupted after epoch {history.epochs_done}, step {history.steps}; "
+              f"resume with --resume {history.state_path}", file=sys.stderr)
+        return 130
+    if history.stop_reason == "early_stopping":
         print(f"early stop: no better validation loss for {args.patience} epochs")
 
     test_loss, test_acc = evaluate(model, test_loader, F.cross_entropy)
     correct = round(test_acc * len(X_test))
     print(f"best epoch {history.best_epoch} (val loss {history.best_val_loss:.4f}), weights saved to "
-          f"{args.checkpoint}")
+          f"{args.checkpoint}; training state in {args.state}")
     print(f"test accuracy: {100 * test_acc:.2f}% ({correct}/{len(X_test)}), test loss {test_loss:.4f}")
     try:
         history.plot(args.plot, title=f"{sizes} MLP on {args.dataset}")

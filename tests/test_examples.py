@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
+import inspect
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import tensorgrad as tg
+from tensorgrad import training
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -61,7 +66,11 @@ def test_main_job_quick_mode(tmp_path):
         assert "pip install tensorgrad[plot]" in done.stderr
     else:
         assert plot.read_bytes().startswith(PNG_SIGNATURE)
-    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in (plot, ckpt) if p.exists())
+    # the training state goes beside the checkpoint unless --state says otherwise
+    state_path = tmp_path / "training_state.npz"
+    state = tg.load(state_path)
+    assert state["format"] == "tensorgrad-training-state" and int(state["epoch"]) == 1
+    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in (plot, ckpt, state_path) if p.exists())
 
 
 @pytest.mark.slow
@@ -121,6 +130,221 @@ def test_main_job_on_the_shared_mnist_test_files(tmp_path):
     # an MLP trained on 1,440 MNIST digits gets about 9 in 10 right; far below means a broken pipeline
     assert parse_accuracy(done.stdout) >= 85.0
     assert int(tg.load(tmp_path / "c.npz")["epoch"]) >= 1
+
+
+# --------------------------------------------------------------------------------- options checked up front
+
+# (arguments, what the one error line must name); each must end before any data is read
+BAD_OPTIONS = [
+    (["--epochs", "0"], "--epochs"),
+    (["--epochs", "-3"], "--epochs"),
+    (["--epochs", "2.5"], "--epochs"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--hidden", "32", "0"], "--hidden"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "nan"], "--lr"),
+    (["--lr", "inf"], "--lr"),
+    (["--momentum", "1"], "--momentum"),
+    (["--momentum=-0.1"], "--momentum"),
+    (["--weight-decay=-1e-4"], "--weight-decay"),
+    (["--weight-decay", "nan"], "--weight-decay"),
+    (["--patience", "-1"], "--patience"),
+    (["--clip-grad-norm", "0"], "--clip-grad-norm"),
+    (["--clip-grad-norm", "nan"], "--clip-grad-norm"),
+    (["--limit", "5"], "--limit"),
+    (["--val-fraction", "1"], "--val-fraction"),
+    (["--seed", "-1"], "--seed"),
+    (["--scheduler", "linear"], "--scheduler"),
+    (["--checkpoint", "missing/best.npz"], "--checkpoint"),
+    (["--state", "missing/state.npz"], "--state"),
+    (["--plot", "missing/curves.png"], "--plot"),
+    (["--checkpoint", "."], "--checkpoint"),
+    (["--state", "checkpoint.npz"], "--state"),
+    (["--resume", "no_such_state.npz"], "--resume"),
+]
+
+
+def assert_refused_up_front(done, option: str, tmp_path):
+    """Exit status 2, one `error:` line naming the option, no traceback, and nothing done: nothing on
+    stdout (not even the device line, printed before the data is read) and no file written."""
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and option in errors[0], done.stderr
+    assert done.stdout == ""
+    assert not list(tmp_path.glob("*.npz")) and not list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.parametrize("args, option", BAD_OPTIONS, ids=[" ".join(a) for a, _ in BAD_OPTIONS])
+def test_main_job_refuses_a_bad_option_before_any_work(tmp_path, args, option):
+    started = time.perf_counter()
+    done = run_example("mnist_mlp.py", *args, cwd=tmp_path, timeout=60)
+    assert_refused_up_front(done, option, tmp_path)
+    # a check after the data or the model would take longer than this (the full run takes seconds)
+    assert time.perf_counter() - started < 20
+
+
+def test_main_job_refuses_a_plot_format_matplotlib_cannot_write(tmp_path):
+    pytest.importorskip("matplotlib")
+    done = run_example("mnist_mlp.py", "--plot", "curves.xyz", cwd=tmp_path, timeout=60)
+    assert_refused_up_front(done, "--plot", tmp_path)
+    assert ".xyz" in done.stderr and ".png" in done.stderr  # says what would work
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into any folder")
+def test_main_job_refuses_a_folder_it_cannot_write(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        done = run_example("mnist_mlp.py", "--checkpoint", locked / "best.npz", cwd=tmp_path, timeout=60)
+    finally:
+        locked.chmod(0o700)
+    assert_refused_up_front(done, "--checkpoint", tmp_path)
+
+
+def test_main_job_refuses_to_resume_from_a_file_that_is_no_training_state(tmp_path):
+    inputs = tmp_path / "inputs"  # beside, not in, the folder checked for new files
+    inputs.mkdir()
+    (inputs / "notes.npz").write_text("not a zip archive")
+    done = run_example("mnist_mlp.py", "--resume", inputs / "notes.npz", cwd=tmp_path, timeout=60)
+    assert_refused_up_front(done, "--resume", tmp_path)
+    # the best-weights checkpoint is a tg.save file, but not a state to continue from
+    tg.save({"model": {}, "epoch": 1}, inputs / "best.npz")
+    done = run_example("mnist_mlp.py", "--resume", inputs / "best.npz", cwd=tmp_path, timeout=60)
+    assert_refused_up_front(done, "--resume", tmp_path)
+    assert "not a training state" in done.stderr
+
+
+def test_main_job_help_names_the_state_file_and_the_schedules(tmp_path):
+    done = run_example("mnist_mlp.py", "--help", cwd=tmp_path, timeout=60)
+    assert done.returncode == 0
+    help_text = " ".join(done.stdout.split())
+    assert "training_state.npz in the checkpoint's folder" in help_text
+    for option in ("--resume", "--state", "--clip-grad-norm", "none,step,cosine,plateau"):
+        assert option in help_text
+
+
+# --------------------------------------------------------------------------------- stop and resume
+
+fit_parameters = inspect.signature(training.fit).parameters
+needs_resumable_fit = pytest.mark.skipif(
+    not {"state", "resume", "scheduler", "clip_grad_norm", "verbose"} <= fit_parameters.keys()
+    or not hasattr(tg.optim, "lr_scheduler") or importlib.util.find_spec("tensorgrad.nn.utils") is None,
+    reason="fit cannot resume training states, or the schedulers or clip_grad_norm_ are missing (issue 13)")
+
+RESULT_LINES = re.compile(r"^(best epoch .*|test accuracy: .*)$", re.MULTILINE)
+
+
+def load_example_module():
+    spec = importlib.util.spec_from_file_location("mnist_mlp_under_test", EXAMPLES / "mnist_mlp.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def assert_same_weights(state_a, state_b):
+    a, b = tg.load(state_a)["model"], tg.load(state_b)["model"]
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name].numpy(), b[name].numpy(), err_msg=name)
+
+
+@needs_resumable_fit
+def test_main_job_resumed_after_fewer_epochs_ends_where_the_full_run_ends(tmp_path):
+    common = ["--limit", 300, "--clip-grad-norm", 1.0, "--no-progress", "--plot", tmp_path / "p.png"]
+    full = run_example("mnist_mlp.py", "--epochs", 4, *common, "--checkpoint", tmp_path / "full.npz",
+                       "--state", tmp_path / "full_state.npz", cwd=tmp_path)
+    assert full.returncode == 0, full.stderr
+    assert "gradient clipping: total 2-norm at most 1.0" in full.stdout
+    part_args = [*common, "--checkpoint", tmp_path / "part.npz", "--state", tmp_path / "part_state.npz"]
+    first = run_example("mnist_mlp.py", "--epochs", 2, *part_args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert int(tg.load(tmp_path / "part_state.npz")["epoch"]) == 2
+
+    # another model cannot continue from it: one line, before training
+    other = run_example("mnist_mlp.py", "--epochs", 4, "--hidden", 32, *part_args,
+                        "--resume", tmp_path / "part_state.npz", cwd=tmp_path)
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert re.search(r"^error: --resume: .*another model", other.stderr, re.MULTILINE), other.stderr
+    assert not re.search(r"^epoch ", other.stdout, re.MULTILINE)
+
+    rest = run_example("mnist_mlp.py", "--epochs", 4, *part_args, "--resume", tmp_path / "part_state.npz",
+                       cwd=tmp_path)
+    assert rest.returncode == 0, rest.stderr
+    assert re.findall(r"^epoch +(\d+)/4", rest.stdout, re.MULTILINE) == ["3", "4"]
+    assert RESULT_LINES.findall(rest.stdout)[1] == RESULT_LINES.findall(full.stdout)[1]  # test loss, acc
+    best = [line.split(", weights")[0] for line in (RESULT_LINES.findall(rest.stdout)[0],
+                                                   RESULT_LINES.findall(full.stdout)[0])]
+    assert best[0] == best[1]
+    assert_same_weights(tmp_path / "part_state.npz", tmp_path / "full_state.npz")
+
+
+@needs_resumable_fit
+@pytest.mark.skipif(os.name != "posix", reason="sends a POSIX SIGINT")
+def test_main_job_ctrl_c_writes_the_state_and_the_resumed_run_ends_where_the_full_run_ends(tmp_path):
+    # long enough (40 epochs of 14 steps) that the signal lands mid-run, short enough to run twice
+    common = ["--epochs", 40, "--patience", 0, "--limit", 300, "--scheduler", "cosine",
+              "--clip-grad-norm", 2.0, "--no-progress", "--plot", tmp_path / "p.png"]
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path, TENSORGRAD_DEVICE="cpu", PYTHONUNBUFFERED="1")
+    state = tmp_path / "run" / "training_state.npz"
+    state.parent.mkdir()
+    args = [*common, "--checkpoint", tmp_path / "run" / "best.npz"]
+    with subprocess.Popen([sys.executable, str(EXAMPLES / "mnist_mlp.py"), *map(str, args)], cwd=tmp_path,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        lines = []
+        for line in proc.stdout:  # training has begun once the first epoch is reported
+            lines.append(line)
+            if line.startswith("epoch "):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    out = "".join(lines) + out
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err
+    message = re.fullmatch(r"interrupted after epoch (\d+), step (\d+); resume with --resume (.+)\n", err)
+    assert message, err
+    epoch, step = int(message[1]), int(message[2])
+    assert Path(message[3]) == state and 1 <= epoch < 40
+    assert "test accuracy" not in out  # stopped: no testing, no plot
+    saved = tg.load(state)
+    assert int(saved["epoch"]) == epoch and int(saved["step"]) == step
+    # 216 training samples in batches of 16: 14 steps an epoch, and the step in flight finished
+    assert 14 * epoch <= step < 14 * (epoch + 1)
+
+    rest = run_example("mnist_mlp.py", *args, "--resume", state, cwd=tmp_path)
+    assert rest.returncode == 0, rest.stderr
+    assert re.findall(r"^epoch +(\d+)/40", rest.stdout, re.MULTILINE)[0] == str(epoch + 1)
+    full = run_example("mnist_mlp.py", *common, "--checkpoint", tmp_path / "full.npz",
+                       "--state", tmp_path / "full_state.npz", cwd=tmp_path)
+    assert full.returncode == 0, full.stderr
+    assert "schedule: cosine" in full.stdout
+    assert RESULT_LINES.findall(rest.stdout)[1] == RESULT_LINES.findall(full.stdout)[1]
+    assert_same_weights(state, tmp_path / "full_state.npz")
+
+
+@pytest.mark.parametrize("state_written", [False, True])
+def test_main_job_a_keyboard_interrupt_that_escapes_fit_is_one_line_and_130(tmp_path, monkeypatch, capsys,
+                                                                             state_written):
+    """A second Ctrl-C makes fit raise KeyboardInterrupt at once; the script still ends with one line."""
+    module = load_example_module()
+    state = tmp_path / "state.npz"
+
+    def fit_stopped_at_once(*args, **kwargs):
+        if state_written:
+            state.write_bytes(b"the state of the last finished epoch")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "fit", fit_stopped_at_once)
+    status = module.main(["--limit", "100", "--no-progress", "--state", str(state),
+                          "--checkpoint", str(tmp_path / "best.npz"), "--plot", str(tmp_path / "p.png")])
+    assert status == 130
+    err_lines = capsys.readouterr().err.splitlines()
+    assert len(err_lines) == 1 and err_lines[0].startswith("interrupted")
+    if state_written:
+        assert err_lines[0].endswith(f"resume with --resume {state}")
+    else:
+        assert "no training state" in err_lines[0]
 
 
 # --------------------------------------------------------------------------------- the lecture's numbers
