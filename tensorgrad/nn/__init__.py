@@ -1,6 +1,7 @@
-"""tensorgrad.nn: Module, Parameter, layers, initialisation (`nn.init`) and functions (`nn.functional`)."""
+"""tensorgrad.nn: Module, Parameter, layers, initialisation (`nn.init`), functions (`nn.functional`) and
+gradient clipping (`nn.utils`)."""
 
-from . import functional, init
+from . import functional, init, utils
 from .layers import (
     ELU,
     Dense,
@@ -18,4 +19,4 @@ from .layers import (
 from .module import Module, Parameter
 
 __all__ = ["Module", "Parameter", "Linear", "Dense", "Sequential", "ReLU", "Sigmoid", "Tanh", "LeakyReLU",
-           "ELU", "Softmax", "Dropout", "Identity", "Flatten", "functional", "init"]
+           "ELU", "Softmax", "Dropout", "Identity", "Flatten", "functional", "init", "utils"]
