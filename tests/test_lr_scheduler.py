@@ -357,3 +357,31 @@ def test_step_refuses_a_group_added_later():
     opt.add_param_group({"params": [tg.zeros(1, requires_grad=True)]})
     with pytest.raises(RuntimeError, match="StepLR.step: the optimizer has 3 parameter group.*built for 2"):
         scheduler.step()
+
+
+def test_adam_state_with_initial_lr_loads_and_is_checked(tmp_path):
+    """The 'initial_lr' a scheduler puts in each group travels with the optimizer's state dict."""
+    p = tg.ones(3, dtype=tg.float64, requires_grad=True)
+    opt = optim.Adam([p], lr=0.01)
+    scheduler = CosineAnnealingLR(opt, T_max=4)
+    for _ in range(2):
+        (p * p).sum().backward()
+        opt.step()
+        opt.zero_grad()
+        scheduler.step()
+    tg.save({"optimizer": opt.state_dict(), "scheduler": scheduler.state_dict()}, tmp_path / "adam.tg")
+    saved = tg.load(tmp_path / "adam.tg")
+    fresh_p = tg.ones(3, dtype=tg.float64, requires_grad=True)
+    fresh = optim.Adam([fresh_p], lr=0.5)
+    fresh_scheduler = CosineAnnealingLR(fresh, T_max=4)
+    fresh.load_state_dict(saved["optimizer"])
+    fresh_scheduler.load_state_dict(saved["scheduler"])
+    assert fresh.param_groups[0]["initial_lr"] == 0.01
+    assert fresh.param_groups[0]["lr"] == opt.param_groups[0]["lr"] != 0.01
+    scheduler.step()
+    fresh_scheduler.step()
+    assert fresh_scheduler.get_last_lr() == scheduler.get_last_lr()
+    bad = saved["optimizer"]
+    bad["param_groups"][0]["initial_lr"] = -1.0
+    with pytest.raises(ValueError, match="Adam.load_state_dict: parameter group 0 .*invalid initial_lr"):
+        fresh.load_state_dict(bad)
