@@ -479,9 +479,11 @@ def fit(model, loss_fn: Callable, optimizer, train_loader: Iterable, val_loader:
                          for name, loader in loaders.items()})
             if verbose:
                 print(_summary_line(epoch, epochs, history), file=sys.stderr, flush=True)
+            # the callback hears of every finished epoch, also one that a Ctrl-C during it ends the run after
+            callback_stops = on_epoch_end is not None and on_epoch_end(epoch, history) is True
             if interrupt.requested:
                 history.stop_reason = "interrupted"
-            elif on_epoch_end is not None and on_epoch_end(epoch, history) is True and epoch < epochs:
+            elif callback_stops and epoch < epochs:
                 history.stop_reason = "callback"
             elif stopper.should_stop and epoch < epochs:
                 history.stop_reason = "early_stopping"

@@ -186,6 +186,23 @@ def test_interrupted_mid_epoch_by_sigint_resumes_bitwise(tmp_path):
     assert resumed.steps == EPOCHS * 13 and resumed.train_loss == full_history.train_loss
 
 
+def test_a_sigint_during_validation_ends_the_run_after_that_epoch_and_reports_it(tmp_path):
+    model, opt, train, val = setup("sgd")
+    seen = []
+
+    def validate_with_a_signal(m):
+        if len(seen) == 2:  # while validating epoch 3: the epoch's training is done
+            os.kill(os.getpid(), signal.SIGINT)
+        return tg.training.evaluate(m, val, F.cross_entropy)
+
+    history = fit(model, F.cross_entropy, opt, train, epochs=EPOCHS, validate=validate_with_a_signal,
+                  state=tmp_path / "run.state", verbose=0,
+                  on_epoch_end=lambda epoch, h: seen.append(epoch))
+    # the finished epoch counts, and the callback (which prints the epoch's line in the CLI) hears of it
+    assert history.stop_reason == "interrupted" and history.epochs_done == 3 and seen == [1, 2, 3]
+    assert tg.load(tmp_path / "run.state")["epoch"] == 3
+
+
 def test_restore_best_and_early_stopping_carry_over(tmp_path):
     """The best weights and the patience counter live in the state: a resumed run stops and restores
     exactly as the uninterrupted one."""
