@@ -145,6 +145,35 @@ def test_stopped_after_epoch_k_and_resumed_ends_bitwise_equal(optimizer, how, tm
     assert resumed.best_epoch == full_history.best_epoch
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_state_written_on_the_gpu_is_kept_on_the_host_and_resumes_on_the_gpu(optimizer, tmp_path):
+    def on_gpu(seed):
+        model, opt, _, _ = setup(optimizer, seed)
+        model.to("cuda")  # in place: the optimizer keeps the same Parameters
+        X, y = blobs()
+        train = tg.data.DataLoader((X[:200], y[:200]), batch_size=16, shuffle=True, device="cuda")
+        val = tg.data.DataLoader((X[200:], y[200:]), batch_size=16, device="cuda")
+        return model, opt, train, val
+
+    full_model, full_opt, train, val = on_gpu(0)
+    fit(full_model, F.cross_entropy, full_opt, train, val, epochs=EPOCHS, restore_best=False, verbose=0)
+
+    path = tmp_path / "run.state"
+    model, opt, train, val = on_gpu(0)
+    fit(model, F.cross_entropy, opt, train, val, epochs=2, restore_best=False, state=path, verbose=0)
+    saved = tg.load(path)
+    assert all(t.device == "cpu" for t in saved["model"].values())  # the file holds host arrays
+
+    model, opt, train, val = on_gpu(1)
+    fit(model, F.cross_entropy, opt, train, val, epochs=EPOCHS, restore_best=False, resume=path, verbose=0)
+    assert all(p.device == "cuda:0" for p in model.parameters())
+    # CuPy's generator is reseeded per epoch from the file, so the dropout masks match; GEMMs on the GPU
+    # may sum in another order between runs, hence a tolerance rather than bitwise equality
+    for name, value in weights_of(model).items():
+        np.testing.assert_allclose(value, weights_of(full_model)[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 def test_resuming_from_the_weights_alone_does_not_end_equal(tmp_path):
     """The bitwise test has teeth: without the optimizer, shuffle and dropout states the run drifts."""
     full_model, full_opt, _ = full_run("sgd", tmp_path)
