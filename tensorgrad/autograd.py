@@ -94,6 +94,53 @@ def version_of(tensor) -> Version:
     return box
 
 
+# Tensor hooks registered and not removed: backward looks for hooks only while there are some, so
+# they cost nothing when none is registered.
+_hooks_live = 0
+
+
+class HookHandle:
+    """What the register_*hook methods return: `remove()` unregisters the hook (twice is harmless)."""
+
+    __slots__ = ("_table", "_key", "_counted")
+    _last_key = 0
+
+    def __init__(self, table: dict, fn, counted: bool = False):
+        global _hooks_live
+        HookHandle._last_key += 1
+        self._table, self._key, self._counted = table, HookHandle._last_key, counted
+        table[self._key] = fn
+        if counted:
+            _hooks_live += 1
+
+    def remove(self) -> None:
+        global _hooks_live
+        if self._table.pop(self._key, None) is not None and self._counted:
+            _hooks_live -= 1
+
+
+def add_tensor_hook(owner, attribute: str, fn) -> HookHandle:
+    """Register `fn` in owner.<attribute> (a node's `hooks`, a leaf's `_hooks`), made on first use."""
+    table = getattr(owner, attribute, None)
+    if table is None:
+        table = {}
+        setattr(owner, attribute, table)
+    return HookHandle(table, fn, counted=True)
+
+
+def _run_hooks(hooks: dict, grad):
+    """Each hook sees the gradient as a Tensor; one that returns a Tensor replaces it for the rest."""
+    for fn in list(hooks.values()):
+        result = fn(_wrap(grad))
+        if result is not None:
+            data = result.data if isinstance(result, Tensor) else None
+            if data is None or data.shape != grad.shape or type(data) is not type(grad):
+                raise RuntimeError(f"register_hook: a hook must return None or a Tensor of the gradient's "
+                                   f"shape {tuple(grad.shape)} on its device, got {result!r:.80}")
+            grad = data
+    return grad
+
+
 # In-place changes made so far, to any tensor. A node that saved tensors when this count was the same
 # as at its backward knows none of them changed, and skips checking them one by one.
 _changes = 0
@@ -122,7 +169,7 @@ class Node:
     """
 
     __slots__ = ("parents", "value", "grad", "freed", "label", "saved_inputs", "saved_versions",
-                 "saved_output", "saved_at")
+                 "saved_output", "saved_at", "hooks", "constants")
     name = "op"
     # Ops whose backward reads nothing saved (add, neg, reshape...) can be differentiated again
     # after their buffers were freed, as in PyTorch.
@@ -207,6 +254,7 @@ def apply(node: Node, *operands, **params):
     datas = []
     parents = []
     needs = False
+    has_constants = False
     versioned = False  # some operand has been changed in place, viewed or detached before
     array_type = None
     for operand in operands:
@@ -226,6 +274,7 @@ def apply(node: Node, *operands, **params):
                 parents.append(operand.grad_fn or operand)
             else:
                 parents.append(None)
+                has_constants = True
         else:
             if isinstance(operand, np.generic) and operand.dtype.kind in "biuf":
                 # np.float64(2.0) counts as the Python scalar it is: it never changes a tensor's dtype
@@ -233,6 +282,7 @@ def apply(node: Node, *operands, **params):
                 operand = operand.item()
             datas.append(operand)
             parents.append(None)
+            has_constants = True
     # parents are set before forward so that forward can skip saving what no gradient will need
     node.parents = parents
     try:
@@ -259,7 +309,21 @@ def apply(node: Node, *operands, **params):
                                else 0 for o in operands] if versioned and node.saves_inputs else None
         node.saved_output = True if node.saves_output else None
         node.saved_at = _changes
+    if has_constants:
+        node.constants = drawn_constants(datas, parents)
     return _wrap(out, node)
+
+
+# A constant array up to this size is kept (copied) for the drawings; a larger one only as its shape
+# and dtype, so that recording a graph never holds on to a batch of data.
+_DRAWN_CONSTANT_SIZE = 6
+
+
+def drawn_constants(datas, parents) -> tuple:
+    """The operands that are not parents (scalars, tensors without grad), in operand order, for tg.viz:
+    a scalar as it is, a small array as a copy, a larger one as its Meta (shape and dtype)."""
+    return tuple(d if not hasattr(d, "shape") else d.copy() if d.size <= _DRAWN_CONSTANT_SIZE
+                 else Meta(d.shape, d.dtype) for d, p in zip(datas, parents) if p is None)
 
 
 _CONTRACT_TYPES = (ValueError, TypeError, IndexError, RuntimeError)
@@ -376,6 +440,7 @@ def run_backward(roots, seeds, retain_graph=False, capture=None):
     targets = {} if capture is None else {t.grad_fn: t for t in capture.values() if t.grad_fn is not None}
     captured = {}
     anomaly = _mode.anomaly
+    hooked = _hooks_live > 0  # `hooks` is never set on a node unless some hook was registered
     ready = [node for node in starts if node not in consumers]
     while ready:
         node = ready.pop()
@@ -391,6 +456,10 @@ def run_backward(roots, seeds, retain_graph=False, capture=None):
                     "freed its saved buffers); pass retain_graph=True to the first backward if you need to")
             if node.saves and node.saved_at != _changes:
                 node.check_versions()
+            if hooked:
+                hooks = getattr(node, "hooks", None)
+                if hooks:
+                    grad = _run_hooks(hooks, grad)
             if targets and node in targets:
                 captured[id(targets[node])] = grad
             if isinstance(grad, np.generic):  # NumPy hands back scalars from 0-d arithmetic; ops get arrays
@@ -415,6 +484,10 @@ def run_backward(roots, seeds, retain_graph=False, capture=None):
             node.release()
 
     for leaf, g in pending.items():  # only leaves are left
+        if hooked:
+            hooks = getattr(leaf, "_hooks", None)
+            if hooks:
+                g = _run_hooks(hooks, g)
         _deliver(leaf, g, capture, captured)
     return captured
 

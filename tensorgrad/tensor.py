@@ -100,7 +100,8 @@ class Tensor:
     this tensor (None for leaves); name: optional label shown in graph drawings.
     """
 
-    __slots__ = ("data", "grad", "_requires_grad", "grad_fn", "_name", "_version_box", "__weakref__")
+    __slots__ = ("data", "grad", "_requires_grad", "grad_fn", "_name", "_version_box", "_hooks",
+                 "__weakref__")
     # Make `numpy_array + tensor` call Tensor.__radd__ instead of NumPy broadcasting over a Tensor.
     __array_priority__ = 1000
 
@@ -152,6 +153,18 @@ class Tensor:
             raise RuntimeError("requires_grad: cannot turn off gradients of a non-leaf tensor "
                                f"(made by {self.grad_fn.name}); use .detach()")
         self._requires_grad = value
+
+    def register_hook(self, fn):
+        """Call `fn(grad)` with this tensor's gradient during every backward that reaches it (before a leaf
+        accumulates it into `.grad`); a Tensor that fn returns replaces the gradient. Returns a handle
+        whose `remove()` unregisters the hook. As PyTorch's Tensor.register_hook."""
+        if not callable(fn):
+            raise TypeError(f"register_hook: expected a function, got {type(fn).__name__}")
+        if not self._requires_grad:
+            raise RuntimeError("register_hook: cannot register a hook on a tensor that does not require grad")
+        if self.grad_fn is not None:
+            return autograd.add_tensor_hook(self.grad_fn, "hooks", fn)
+        return autograd.add_tensor_hook(self, "_hooks", fn)
 
     def requires_grad_(self, value: bool = True) -> Tensor:
         self.requires_grad = value

@@ -247,6 +247,8 @@ class Sequential(Module):
         for module, activation in self._plan():
             if activation is None:
                 x = module(x)
+            elif module.has_hooks() or activation.has_hooks():  # hooks see each module's own call
+                x = activation(module(x))
             else:
                 # The dense layer's epilogue: bias and activation applied in one pass over the GEMM output.
                 x = F.linear(x, module.weight, module.bias, activation=activation.kind,

@@ -145,7 +145,40 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__}: forward() is not defined")
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        hooks = self.__dict__.get("_forward_hooks")
+        backward_hooks = self.__dict__.get("_backward_hooks")
+        if not hooks and not backward_hooks:  # the usual case: no hook, no cost
+            return self.forward(*args, **kwargs)
+        if backward_hooks:
+            args, tracker = _BackwardHookCall.before(self, backward_hooks, args)
+        output = self.forward(*args, **kwargs)
+        for fn in list((hooks or {}).values()):
+            result = fn(self, args, output)
+            if result is not None:
+                output = result
+        if backward_hooks:
+            tracker.after(output)
+        return output
+
+    def register_forward_hook(self, fn) -> autograd.HookHandle:
+        """Call `fn(module, inputs, output)` after every forward; a value it returns replaces the output.
+        Returns a handle whose `remove()` unregisters it. As PyTorch's."""
+        return autograd.HookHandle(self._hook_table("_forward_hooks", fn, "register_forward_hook"), fn)
+
+    def register_full_backward_hook(self, fn) -> autograd.HookHandle:
+        """Call `fn(module, grad_input, grad_output)` when the gradients of the module's tensor inputs are
+        computed: tuples of Tensors (None for an input that needs no gradient). A tuple it returns replaces
+        grad_input. Returns a handle whose `remove()` unregisters it. As PyTorch's."""
+        return autograd.HookHandle(self._hook_table("_backward_hooks", fn, "register_full_backward_hook"), fn)
+
+    def _hook_table(self, attribute: str, fn, op: str) -> dict:
+        if not callable(fn):
+            raise TypeError(f"{type(self).__name__}.{op}: expected a function, got {type(fn).__name__}")
+        return self.__dict__.setdefault(attribute, {})
+
+    def has_hooks(self) -> bool:
+        """Whether a forward or backward hook is registered (Sequential then runs this module unfused)."""
+        return bool(self.__dict__.get("_forward_hooks") or self.__dict__.get("_backward_hooks"))
 
     # ----------------------------------------------------------------- traversal
     def named_children(self):
@@ -347,3 +380,59 @@ def _converted(array, device, dtype):
     if dtype is not None and array.dtype.kind == "f" and array.dtype != dtype:
         array = array.astype(dtype)
     return array
+
+
+class _BackwardHookCall:
+    """One forward of a module with backward hooks: its tensor inputs pass through identity nodes whose
+    gradients are grad_input, and its output's gradient is grad_output; the hooks run once every input
+    that needs a gradient has received it (PyTorch's BackwardHook does the same with identity nodes)."""
+
+    def __init__(self, module, hooks: dict, wanted: list):
+        self.module, self.hooks = module, hooks
+        self.grad_input = [None] * len(wanted)
+        self.waiting = {i for i, w in enumerate(wanted) if w}
+        self.grad_output = None
+
+    @classmethod
+    def before(cls, module, hooks: dict, args: tuple):
+        wanted = [isinstance(a, Tensor) and a.requires_grad and autograd.is_grad_enabled() for a in args]
+        tracker = cls(module, hooks, wanted)
+        args = tuple(tracker._watch_input(i, a) if w else a for i, (a, w) in enumerate(zip(args, wanted)))
+        return args, tracker
+
+    def _watch_input(self, index: int, tensor: Tensor) -> Tensor:
+        alias = tensor.clone()  # an identity node of its own, so the gradient seen is this input's alone
+
+        def input_grad(grad):
+            handle.remove()  # once per backward of this call; leaves backward free of hooks again
+            self.grad_input[index] = grad
+            self.waiting.discard(index)
+            if not self.waiting:
+                replaced = self._run()
+                if replaced is not None:
+                    return replaced[index]
+            return None
+        handle = alias.register_hook(input_grad)
+        return alias
+
+    def after(self, output) -> None:
+        if isinstance(output, Tensor) and output.requires_grad:
+            def output_grad(grad):
+                handle.remove()
+                self.grad_output = grad
+                if not self.grad_input or all(g is None for g in self.grad_input) and not self.waiting:
+                    self._run()  # no input needs a gradient: PyTorch still calls the hook, with Nones
+            handle = output.register_hook(output_grad)
+
+    def _run(self):
+        replaced = None
+        for fn in list(self.hooks.values()):
+            result = fn(self.module, tuple(self.grad_input), (self.grad_output,))
+            if result is not None:
+                result = tuple(result)
+                if len(result) != len(self.grad_input):
+                    raise RuntimeError(f"{type(self.module).__name__} backward hook: returned {len(result)} "
+                                       f"gradients for {len(self.grad_input)} inputs")
+                self.grad_input = list(result)
+                replaced = result
+        return replaced
