@@ -8,10 +8,15 @@
    [0.3, 0.7]], b = [0.1, 0.2], output W = [[0.6, 0.9]], b = [0.3], target 1, written with tensor
    ops (matmul, +, sigmoid, log), so every matrix and its gradient appears on the page.
 
-Both are written as SVG files (logistic_gate.svg, two_layer_network.svg) into --out (default: the
-current folder) when Graphviz's `dot` program is installed, and printed as text trees either way.
+Both are drawn top to bottom (inputs at the top, the output at the bottom) so that they fit a page:
+about 520 x 640 and 580 x 1,060 pixels as PNG, where left to right they were 1,257 and 2,755 pixels
+wide. Each matrix is written one row per line, constant operands appear in their op's box ('const 1
+(left)' in the gate's 1 / (1 + e)), and the zero gradients of the network's (1 - target) branch print
+as 0, not -0. The drawings are written (logistic_gate.svg, two_layer_network.svg, or .png/.pdf with
+--format) into --out (default: the current folder) when Graphviz's `dot` program is installed, and
+printed as text trees either way.
 
-    python examples/computational_graph.py [--out DIR]
+    python examples/computational_graph.py [--out DIR] [--format svg|png|pdf]
 """
 
 from __future__ import annotations
@@ -63,7 +68,9 @@ def two_layer_network() -> tg.Tensor:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("."),
-                        help="folder for the SVG files (default: the current folder)")
+                        help="folder for the drawings (default: the current folder)")
+    parser.add_argument("--format", choices=("svg", "png", "pdf"), default="svg",
+                        help="file format of the drawings (default: svg)")
     args = parser.parse_args(argv)
 
     graphs = [("logistic_gate", "Logistic gate f = 1/(1+exp(-(w0*x0 + w1*x1 + w2)))", logistic_gate()),
@@ -76,12 +83,12 @@ def main(argv=None) -> int:
         print(f"{title}\n")
         tg.viz.print_graph(root)
         if has_dot:
-            path = tg.viz.render(root, args.out / f"{stem}.svg")
+            path = tg.viz.render(root, args.out / f"{stem}.{args.format}")
             print(f"\nwrote {path}\n")
         else:
             print()
     if not has_dot:
-        print("Graphviz's `dot` program is not installed, so no SVG files were written. Install it with "
+        print("Graphviz's `dot` program is not installed, so no drawings were written. Install it with "
               "`apt-get install graphviz`, `brew install graphviz` or `conda install graphviz`.")
     return 0
 

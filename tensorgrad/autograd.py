@@ -159,7 +159,9 @@ class Node:
     `parents[i]` is the node that produced operand i, the leaf Tensor itself, or None when operand i
     needs no gradient (a constant, a scalar, an integer tensor). `value` is the forward output, kept
     for drawing the graph and freed with the saved buffers after backward. `label`, set only when the
-    output tensor is given a name, is that name for the drawings.
+    output tensor is given a name, is that name for the drawings; `constants`, for the drawings too, is
+    the operands aligned with `parents` when some are constants (else None), which release() trims to
+    the scalars and small arrays (a larger constant keeps only its Meta).
 
     A saving node (`saves`) also knows what to check before its backward runs (PyTorch's version
     counters): `saved_inputs`, its operands when it keeps their arrays, with `saved_versions` their
@@ -195,6 +197,8 @@ class Node:
         self.grad = None
         self.freed = True
         self.saved_inputs = self.saved_versions = self.saved_output = None
+        if self.constants is not None:
+            self.constants = _trimmed_constants(self.constants, self.parents)
 
     def check_versions(self) -> None:
         """Raise if a tensor this node saved was changed in place after it was saved."""
@@ -309,21 +313,22 @@ def apply(node: Node, *operands, **params):
                                else 0 for o in operands] if versioned and node.saves_inputs else None
         node.saved_output = True if node.saves_output else None
         node.saved_at = _changes
-    if has_constants:
-        node.constants = drawn_constants(datas, parents)
+    # The operands as they came, for the drawings (tg.viz shows constants with their values); only
+    # an op with constants keeps them, and release() trims them to what is cheap to keep.
+    node.constants = datas if has_constants else None
     return _wrap(out, node)
 
 
-# A constant array up to this size is kept (copied) for the drawings; a larger one only as its shape
-# and dtype, so that recording a graph never holds on to a batch of data.
+# After backward, a constant array up to this size stays for the drawings; a larger one only as its
+# shape and dtype, so that a graph kept after backward never holds on to a batch of data.
 _DRAWN_CONSTANT_SIZE = 6
 
 
-def drawn_constants(datas, parents) -> tuple:
-    """The operands that are not parents (scalars, tensors without grad), in operand order, for tg.viz:
-    a scalar as it is, a small array as a copy, a larger one as its Meta (shape and dtype)."""
-    return tuple(d if not hasattr(d, "shape") else d.copy() if d.size <= _DRAWN_CONSTANT_SIZE
-                 else Meta(d.shape, d.dtype) for d, p in zip(datas, parents) if p is None)
+def _trimmed_constants(datas, parents) -> list:
+    return [None if parent is not None
+            else data if isinstance(data, (int, float, complex)) or data.size <= _DRAWN_CONSTANT_SIZE
+            else Meta(data.shape, data.dtype)
+            for data, parent in zip(datas, parents)]
 
 
 _CONTRACT_TYPES = (ValueError, TypeError, IndexError, RuntimeError)

@@ -11,7 +11,12 @@ every leaf shows its data and its `.grad`. Three forms share one description of 
 Gradients of intermediate nodes are kept only by `backward(retain_graph=True)`; after a plain
 `backward()` the nodes still know their shape and dtype, and the drawing says their values were freed.
 Operands that need no gradient (Python scalars, tensors without requires_grad) are not part of the
-recorded graph, so they are not drawn; an op node notes how many it had.
+recorded graph: their op node lists them as 'const 1' lines, with '(left)' where a constant is the first
+of several operands (1 / x rather than x / 1).
+
+The drawing fits a page: ranks run top to bottom (inputs at the top, the root at the bottom), tensors
+of up to SMALL elements are written out, larger ones as their shape and first HEAD values, and a
+matrix in a drawing puts each row on a line of its own.
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ from .tensor import Tensor
 __all__ = ["Graph", "draw", "format_graph", "print_graph", "render", "to_dot"]
 
 SHOWABLE = ("value", "grad")
-# Tensors up to this many elements are written out in full; larger ones as shape + min/mean/max,
-# which keeps a label readable whatever the layer width.
-SMALL = 4
+# Tensors up to this many elements are written out in full; larger ones as their shape and first
+# HEAD values, which keeps a label narrow whatever the layer width.
+SMALL = 6
+HEAD = 3
 FREED = "value freed; use backward(retain_graph=True)"
 RENDER_FORMATS = ("svg", "png", "pdf")
 DOT_SUFFIXES = ("dot", "gv")
@@ -48,7 +54,7 @@ MISSING_DOT = (
 )
 
 # Colours of the lecture's diagrams: forward values in green, backward gradients in red.
-_COLOURS = {"value": "#1b5e20", "grad": "#b71c1c", "note": "#616161"}
+_COLOURS = {"value": "#1b5e20", "grad": "#b71c1c", "const": "#0d47a1", "note": "#616161"}
 _LEAF_FILL = "#e3f2fd"
 _OP_FILL = "#fff8e1"
 # A 10,000-op chain would otherwise indent its last line by 40,000 columns; past this depth the
@@ -62,7 +68,7 @@ _MAX_INDENT = 32
 def format_number(x, precision: int = 4) -> str:
     """A compact string for one number: `precision` significant digits, short exponents.
 
-    Returns e.g. '0.7311', '-2', '1.235e4', '1e-5', 'nan', 'True'.
+    Returns e.g. '0.7311', '-2', '1.235e4', '1e-5', 'nan', 'True'; negative zero is written '0'.
     """
     _check_precision(precision)
     if isinstance(x, (bool, np.bool_)):
@@ -71,7 +77,10 @@ def format_number(x, precision: int = 4) -> str:
         return str(int(x))
     if not isinstance(x, (float, np.floating)):
         raise TypeError(f"viz.format_number: expected a number, got {type(x).__name__}")
-    text = format(float(x), f".{precision}g")
+    x = float(x)
+    if x == 0.0:  # -0.0 (a gradient through relu, 0 * -1) would print as '-0', which reads as a sign error
+        x = 0.0
+    text = format(x, f".{precision}g")
     if "e" in text:
         mantissa, exponent = text.split("e")
         text = f"{mantissa}e{int(exponent)}"
@@ -97,7 +106,7 @@ def format_array(array, precision: int = 4) -> str:
     """A short description of an array's contents (NumPy or CuPy).
 
     Returns the numbers themselves for at most SMALL elements ('0.7311', '[[0.2, 0.4], [0.3, 0.7]]'),
-    else the shape with min, mean and max ('(100, 10) min -1.2 mean 0.01 max 3.4').
+    else the shape and the first HEAD values in row-major order ('(100, 10) [-1.2, 0.01, 3.4, …]').
     """
     shape = tuple(int(n) for n in array.shape)
     if array.size == 0:
@@ -105,13 +114,9 @@ def format_array(array, precision: int = 4) -> str:
     if array.size <= SMALL:
         host = array.get() if backend.is_cupy_array(array) else np.asarray(array)
         return _nested(host.tolist(), precision)
-    # inf - inf in the mean is a legitimate nan to show, not a warning to raise
-    with np.errstate(all="ignore"):
-        low, high = array.min(), array.max()
-        mean = array.mean(dtype=np.float64)
-        low, high, mean = (v.item() for v in (low, high, mean))
-    return (f"{shape} min {format_number(low, precision)} mean {format_number(mean, precision)} "
-            f"max {format_number(high, precision)}")
+    head = array.reshape(-1)[:HEAD]
+    head = head.get() if backend.is_cupy_array(head) else np.asarray(head)
+    return f"{shape} [" + ", ".join(format_number(v, precision) for v in head.tolist()) + ", …]"
 
 
 # ----------------------------------------------------------------------------- the graph
@@ -120,13 +125,12 @@ def format_array(array, precision: int = 4) -> str:
 class _Entry:
     """What is drawn for one node or leaf: a header, labelled lines, and its parents' indices."""
 
-    __slots__ = ("header", "lines", "parents", "constants", "leaf")
+    __slots__ = ("header", "lines", "parents", "leaf")
 
-    def __init__(self, header, lines, parents, constants, leaf):
+    def __init__(self, header, lines, parents, leaf):
         self.header = header  # op name or leaf name
-        self.lines = lines  # [(kind, text)], kind one of 'value', 'grad', 'note'
+        self.lines = lines  # [(kind, text)], kind one of 'value', 'grad', 'const', 'note'
         self.parents = parents  # indices of the drawn operands, in operand order
-        self.constants = constants  # operands that are not drawn (constants, no grad)
         self.leaf = leaf
 
 
@@ -210,10 +214,33 @@ def _describe_node(node, index, show, precision) -> _Entry:
         if "grad" in show and grad is not None:
             lines.append(("grad", "grad " + format_array(grad, precision)))
     if constants:
-        lines.append(("note", f"+{constants} constant" + ("s" if constants > 1 else "")))
+        lines.extend(_constant_lines(node, precision))
     label = getattr(node, "label", None)  # the slot stays unset unless the output tensor was named
     header = node.name if label is None else f"{label} = {node.name}"
-    return _Entry(header, lines, parents, constants, leaf=False)
+    return _Entry(header, lines, parents, leaf=False)
+
+
+def _constant_lines(node, precision) -> list:
+    """One 'const' line per operand that is not a parent, with its value (or shape, once trimmed)."""
+    operands = getattr(node, "constants", None)  # aligned with node.parents; kept by autograd.apply
+    if operands is None:  # a node recorded without its operands: say how many there were
+        count = sum(p is None for p in node.parents)
+        return [("note", f"+{count} constant" + ("s" if count > 1 else ""))]
+    lines = []
+    last = len(node.parents) - 1
+    for i, (operand, parent) in enumerate(zip(operands, node.parents)):
+        if parent is not None:
+            continue
+        if isinstance(operand, Meta):  # a large constant after backward: only its shape is kept
+            text = f"{tuple(int(n) for n in operand.shape)} {np.dtype(operand.dtype).name}"
+        elif hasattr(operand, "shape"):
+            text = format_array(operand, precision)
+        else:
+            text = format_number(operand, precision)
+        # the side matters for sub, div, pow and matmul; 'x + 1' needs no note
+        side = " (left)" if i == 0 and last > 0 else ""
+        lines.append(("const", f"const {text}{side}"))
+    return lines
 
 
 def _describe_leaf(tensor, show, precision) -> _Entry:
@@ -223,7 +250,7 @@ def _describe_leaf(tensor, show, precision) -> _Entry:
         lines.append(("value", "value " + format_array(tensor.data, precision)))
     if "grad" in show and tensor.grad is not None:
         lines.append(("grad", "grad " + format_array(tensor.grad.data, precision)))
-    return _Entry(header, lines, [], 0, leaf=True)
+    return _Entry(header, lines, [], leaf=True)
 
 
 # ----------------------------------------------------------------------------- DOT
@@ -238,7 +265,10 @@ def _dot_label(entry: _Entry) -> str:
     parts = [f"<b>{_html(entry.header)}</b>"]
     for kind, text in entry.lines:
         size = ' point-size="9"' if kind == "note" else ""
-        parts.append(f'<font color="{_COLOURS[kind]}"{size}>{_html(text)}</font>')
+        # a matrix written out puts each row on a line of its own, which halves a 2 x 2 label's width;
+        # the break keeps its attribute so that a reader of the DOT text still finds one line per item
+        rows = _html(text).replace("], [", '],<br align="center"/> [')
+        parts.append(f'<font color="{_COLOURS[kind]}"{size}>{rows}</font>')
     return "<" + "<br/>".join(parts) + ">"
 
 
@@ -246,9 +276,10 @@ def _dot_source(entries: list) -> str:
     last = len(entries) - 1
     out = [
         "digraph tensorgrad {",
-        "  graph [rankdir=LR, ordering=in];",
+        # top to bottom: a network's chain of ops grows down the page instead of across it
+        "  graph [rankdir=TB, ordering=in, nodesep=0.25, ranksep=0.3];",
         '  node [shape=box, style="rounded,filled", fillcolor="' + _OP_FILL
-        + '", fontname="Helvetica", fontsize=11];',
+        + '", fontname="Helvetica", fontsize=11, margin="0.08,0.03"];',
         '  edge [color="#455a64", arrowsize=0.7];',
     ]
     for i, entry in enumerate(entries):

@@ -8,6 +8,7 @@ import os
 import pathlib
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -112,7 +113,7 @@ def test_explicit_gate_chain_shows_every_gate_of_the_lecture():
     nodes, edges = parse_dot(viz.to_dot(f))
     # ops: mul, mul, add, add, neg, exp, add (1 + .), div (1 / .): 8; leaves: 5
     assert len(nodes) == 13
-    # the two constants (the 1s) are not drawn: 2 + 2 + 2 + 2 + 1 + 1 + 1 + 1
+    # the two constants (the 1s) are lines of their ops, not nodes: 2 + 2 + 2 + 2 + 1 + 1 + 1 + 1
     assert len(edges) == 12
 
     e = math.exp(-S)
@@ -122,7 +123,7 @@ def test_explicit_gate_chain_shows_every_gate_of_the_lecture():
              ("add", 1.0 + e, d_denominator)]
     head = {i: lines[0] for i, lines in nodes.items()}
     root = one(nodes, "f = div")
-    assert nodes[root][1:] == [f"value {num(F)}", "grad 1", "+1 constant"]
+    assert nodes[root][1:] == [f"value {num(F)}", "grad 1", "const 1 (left)"]  # 1 / (1 + e)
     # walk back from the root along the single-operand gates
     walk, node = [], root
     for _ in range(3):
@@ -132,7 +133,7 @@ def test_explicit_gate_chain_shows_every_gate_of_the_lecture():
     for i, (name, value, grad) in zip(walk, reversed(chain)):
         assert nodes[i][0] == name
         assert nodes[i][1:3] == [f"value {num(value)}", f"grad {num(grad)}"]
-    assert nodes[walk[0]][3] == "+1 constant"
+    assert nodes[walk[0]][3] == "const 1 (left)"  # 1 + e
     assert num(d_denominator) == "-0.5344"
     assert nodes[one(nodes, "w1")][2] == f"grad {num(X1 * DS)}"
 
@@ -193,7 +194,7 @@ def test_print_graph_shows_the_same_numbers(capsys):
     assert full == nodes
     assert references == []
     lines = printed.splitlines()
-    assert lines[0] == f"[{one(nodes, 'div')}] div  value {num(F)}  grad 1  +1 constant"
+    assert lines[0] == f"[{one(nodes, 'div')}] div  value {num(F)}  grad 1  const 1 (left)"
     w0_line = next(line for line in lines if "] w0 " in line)
     assert w0_line.endswith(f"w0  value 2  grad {num(X0 * DS)}")
     # indentation grows with the distance from the root: div, add, exp, neg, add, add, mul, w0
@@ -259,8 +260,9 @@ def test_values_freed_by_a_plain_backward_are_reported():
     for lines in nodes.values():
         if lines[0] in leaves:
             continue
-        # shape and dtype survive; no value or gradient line is left
-        assert lines[1:] in (["shape () float32", FREED], ["shape () float32", FREED, "+1 constant"]), lines
+        # shape and dtype survive, and so do scalar constants; no value or gradient line is left
+        freed = ["shape () float32", FREED]
+        assert lines[1:] in (freed, freed + ["const 1 (left)"]), lines
     # leaves keep their data and receive .grad either way
     assert nodes[one(nodes, "w0")][1:] == [f"value {num(W0)}", f"grad {num(X0 * DS)}"]
     assert viz.format_graph(f).count(FREED) == 8
@@ -276,28 +278,94 @@ def test_before_backward_values_show_and_gradients_do_not():
 def test_show_selects_the_lines():
     f, _ = gate("explicit")
     only_values, _ = parse_dot(viz.to_dot(f, show=("value",)))
-    assert all(lines[1].startswith("value ") and lines[2:] in ([], ["+1 constant"])
+    assert all(lines[1].startswith("value ") and lines[2:] in ([], ["const 1 (left)"])
                for lines in only_values.values())
     only_grads, _ = parse_dot(viz.to_dot(f, show="grad"))
-    assert all(lines[1].startswith("grad ") and lines[2:] in ([], ["+1 constant"])
+    assert all(lines[1].startswith("grad ") and lines[2:] in ([], ["const 1 (left)"])
                for lines in only_grads.values())
     bare, _ = parse_dot(viz.to_dot(f, show=()))
-    assert all(lines[1:] in ([], ["+1 constant"]) for lines in bare.values())
+    assert all(lines[1:] in ([], ["const 1 (left)"]) for lines in bare.values())
     with pytest.raises(ValueError, match="'values'"):
         viz.to_dot(f, show=("values",))
 
 
-def test_large_tensors_are_summarized_and_small_ones_printed():
+def test_large_tensors_show_shape_and_first_values_and_small_ones_every_value():
     a = tg.tensor(np.arange(12, dtype=np.float64).reshape(3, 4), requires_grad=True)
-    m = tg.tensor([[0.2, 0.4], [0.3, 0.7]], requires_grad=True, name="m")
-    y = (a * 2.0).sum() + (m * 1.0).sum()
+    six = tg.tensor([[1.5, 2.0, 2.5], [3.0, 3.5, 4.0]], requires_grad=True, name="six")
+    seven = tg.tensor(np.arange(7, dtype=np.float64) - 3.0, requires_grad=True, name="seven")
+    y = (a * 2.0).sum() + (six * 1.0).sum() + (seven * seven).sum()
     y.backward(retain_graph=True)
     nodes, _ = parse_dot(viz.to_dot(y))
     leaf = one(nodes, "leaf (3, 4)")
-    assert nodes[leaf][1:] == ["value (3, 4) min 0 mean 5.5 max 11", "grad (3, 4) min 2 mean 2 max 2"]
-    assert ["mul", "value (3, 4) min 0 mean 11 max 22", "grad (3, 4) min 1 mean 1 max 1",
-            "+1 constant"] in nodes.values()
-    assert nodes[one(nodes, "m")][1:] == ["value [[0.2, 0.4], [0.3, 0.7]]", "grad [[1, 1], [1, 1]]"]
+    # row-major first three of arange(12) and of its gradient d(sum 2a)/da = 2
+    assert nodes[leaf][1:] == ["value (3, 4) [0, 1, 2, …]", "grad (3, 4) [2, 2, 2, …]"]
+    assert ["mul", "value (3, 4) [0, 2, 4, …]", "grad (3, 4) [1, 1, 1, …]", "const 2"] in nodes.values()
+    # six elements are written out in full; seven are truncated (gradient 2 * seven: -6, -4, -2, ...)
+    assert nodes[one(nodes, "six")][1:] == ["value [[1.5, 2, 2.5], [3, 3.5, 4]]",
+                                            "grad [[1, 1, 1], [1, 1, 1]]"]
+    assert nodes[one(nodes, "seven")][1:] == ["value (7,) [-3, -2, -1, …]", "grad (7,) [-6, -4, -2, …]"]
+    assert viz.format_array(np.zeros((2, 0))) == "(2, 0) empty"
+
+
+def test_constants_are_drawn_with_their_values():
+    x = tg.tensor(3.0, requires_grad=True, name="x")
+    y = x * 2.0 + 1.0
+    y.backward(retain_graph=True)
+    nodes, edges = parse_dot(viz.to_dot(y))
+    assert nodes[one(nodes, "mul")] == ["mul", "value 6", "grad 1", "const 2"]
+    assert nodes[one(nodes, "add")] == ["add", "value 7", "grad 1", "const 1"]
+    assert len(edges) == 2  # x -> mul -> add: constants are lines, not nodes
+    assert "mul  value 6  grad 1  const 2" in viz.format_graph(y)
+
+    # the side of a constant is named where it is the first operand: 1 / x, 10 - x
+    nodes, _ = parse_dot(viz.to_dot(1.0 / x))
+    assert nodes[one(nodes, "div")][1:] == [f"value {num(1 / 3)}", "const 1 (left)"]
+    nodes, _ = parse_dot(viz.to_dot(10 - x))
+    assert nodes[one(nodes, "sub")][-1] == "const 10 (left)"
+
+    # tensors without requires_grad are constants too: small ones with every value; a large one with
+    # its shape and first values while the graph holds it, only its shape and dtype after backward
+    small = tg.tensor([0.5, -1.0], dtype=tg.float64)
+    nodes, _ = parse_dot(viz.to_dot(x * small))
+    assert nodes[one(nodes, "mul")][-1] == "const [0.5, -1]"
+    large = tg.tensor(np.arange(8, dtype=np.float64) + 10.0)
+    z = (x + large).sum()
+    nodes, _ = parse_dot(viz.to_dot(z))
+    assert nodes[one(nodes, "add")][-1] == "const (8,) [10, 11, 12, …]"
+    z.backward()
+    nodes, _ = parse_dot(viz.to_dot(z))
+    assert nodes[one(nodes, "add")][1:] == ["shape (8,) float64", FREED, "const (8,) float64"]
+
+
+def test_negative_zero_prints_as_zero():
+    assert viz.format_number(-0.0) == "0" and viz.format_number(np.float32(-0.0)) == "0"
+    assert viz.format_array(np.array([-0.0, -1.5])) == "[0, -1.5]"
+    x = tg.tensor(0.0, requires_grad=True, name="x", dtype=tg.float64)
+    neg = -x
+    product = neg * 2.0
+    assert np.signbit(neg.data) and np.signbit(product.data)  # both are -0.0
+    product.backward(retain_graph=True)
+    nodes, _ = parse_dot(viz.to_dot(product))
+    assert nodes[one(nodes, "neg")][1] == "value 0"  # -0.0, see the signbit above
+    assert "-0" not in viz.to_dot(product) and "-0" not in viz.format_graph(product)
+    # a gradient of -0.0: d(0 * x)/dx through a negative-zero factor
+    w = tg.tensor(1.0, requires_grad=True, name="w", dtype=tg.float64)
+    (w * -0.0).backward()
+    assert np.signbit(w.grad.data)
+    assert parse_dot(viz.to_dot(w))[0]["n0"] == ["w", "value 1", "grad 0"]
+
+
+def test_two_layer_network_is_laid_out_top_to_bottom_with_its_constants():
+    source = viz.to_dot(network())
+    assert "rankdir=TB" in source and "rankdir=LR" not in source
+    nodes, _ = parse_dot(source)
+    consts = sorted(line for lines in nodes.values() for line in lines if line.startswith("const"))
+    # 1.0 * log(y), (1.0 - 1.0) * log(1 - y), 1 - y: the Python scalars 1, 0 and 1
+    assert consts == ["const 0 (left)", "const 1 (left)", "const 1 (left)"]
+    # a 2 x 2 matrix is drawn one row per line (the break is inside the value's line)
+    assert 'value [[0.2, 0.4],<br align="center"/> [0.3, 0.7]]' in source
+    # the target is 1, so the (1 - target) branch carries zero gradients: 0, never -0
+    assert "[-0]" not in source and "grad [0]" in source
 
 
 def test_format_number():
@@ -335,7 +403,7 @@ def test_deep_chain_converts_without_recursion():
     y.backward()
     nodes, edges = parse_dot(viz.to_dot(y))
     assert len(nodes) == 10_001 and len(edges) == 10_000
-    assert nodes["n10000"][1:] == ["shape () float32", FREED, "+1 constant"]
+    assert nodes["n10000"][1:] == ["shape () float32", FREED, "const 1"]
     text = viz.format_graph(y)
     lines = text.splitlines()
     assert len(lines) == 10_001
@@ -405,6 +473,22 @@ def test_render_writes_a_valid_file(tmp_path, suffix):
         assert data.startswith(b"%PDF")
     # the temporary file was renamed onto the target, nothing else is left
     assert os.listdir(tmp_path) == [path.name]
+
+
+def png_size(path) -> tuple:
+    """(width, height) in pixels from a PNG's IHDR chunk, which always comes first."""
+    data = pathlib.Path(path).read_bytes()[:24]
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+@needs_dot
+def test_lecture_graphs_fit_a_page(tmp_path):
+    # laid out left to right, the network was 2,755 x 198 px and the gate 1,257 x 301 px at dot's 96 dpi
+    network_width, network_height = png_size(viz.render(network(), tmp_path / "network.png"))
+    assert network_width <= 800 and network_height <= 1400
+    gate_width, _ = png_size(viz.render(gate("explicit")[0], tmp_path / "gate.png"))
+    assert gate_width <= 800
 
 
 @needs_dot
@@ -493,4 +577,4 @@ def test_cuda_graph_draws_like_the_cpu_graph():
     finally:
         tg.set_default_device(previous)
     assert viz.to_dot(gpu) == viz.to_dot(cpu)
-    assert "value (100, 10) min " in summary
+    assert "value (100, 10) [" in summary and ", …]" in summary
