@@ -47,7 +47,6 @@ on the host, whatever the device, and go back to the model's device on resume.
 
 from __future__ import annotations
 
-import io
 import math
 import numbers
 import os
@@ -62,10 +61,10 @@ from pathlib import Path
 import numpy as np
 
 from tensorgrad import _checks, backend
-from tensorgrad._atomic import atomic_write
 from tensorgrad.autograd import no_grad
+from tensorgrad.monitor import LayerMonitor, write_figure
 
-__all__ = ["fit", "evaluate", "History", "EarlyStopping", "load_checkpoint"]
+__all__ = ["fit", "evaluate", "History", "EarlyStopping", "load_checkpoint", "LayerMonitor"]
 
 # how often the progress bar's running loss is read back: on a GPU each read waits for the device
 _POSTFIX_INTERVAL_S = 0.25
@@ -92,6 +91,8 @@ class History:
     checkpoint: the path of the best-weights checkpoint, if one was asked for and written.
     restored_epoch: with restore_best, the epoch whose weights the model holds after `fit` returned
       (the best one); None when the model keeps the last epoch's weights.
+    layers: with fit(monitor=LayerMonitor(model)), per-layer statistics every N steps:
+      {statistic: {layer: [values]}, "step": [steps]} (see tensorgrad.monitor); {} without a monitor.
     """
 
     train_loss: list[float] = field(default_factory=list)
@@ -106,6 +107,7 @@ class History:
     state_path: str | None = None
     checkpoint: str | None = None
     restored_epoch: int | None = None
+    layers: dict = field(default_factory=dict)
 
     @property
     def epochs(self) -> int:
@@ -126,8 +128,22 @@ class History:
         """Plain Python values (lists, numbers, strings), e.g. for json.dump; epochs_done included."""
         values = {name: (list(value) if isinstance(value, list) else value)
                   for name, value in self.__dict__.items()}
+        values["layers"] = {name: (list(value) if isinstance(value, list)
+                                   else {layer: list(v) for layer, v in value.items()})
+                            for name, value in self.layers.items()}
         values["epochs_done"] = self.epochs_done
         return values
+
+    def plot_layers(self, path: str | os.PathLike = "layers.png", *, title: str | None = None,
+                    dpi: int = 120) -> Path:
+        """Draw the per-layer statistics of `layers` to `path`: one panel per statistic, one line per
+        layer against the optimizer step, log scale for the gradient and weight norms and the update
+        ratio. Written atomically, like `plot`; returns the path. ImportError without matplotlib,
+        ValueError when nothing was recorded (fit ran without monitor=LayerMonitor(...)).
+        """
+        from tensorgrad.monitor import plot_layers
+
+        return plot_layers(self.layers, path, title=title, dpi=dpi)
 
     def plot(self, path: str | os.PathLike = "loss.png", *, title: str | None = None, dpi: int = 120) -> Path:
         """Draw the loss curves (train, validation) and the validation accuracy per epoch to `path`.
@@ -151,7 +167,6 @@ class History:
         if not self.epochs:
             raise ValueError("History.plot: no epoch recorded yet; expected at least one epoch to plot")
         path = Path(path)
-        fmt = path.suffix.lstrip(".").lower() or "png"
         epochs = np.arange(1, self.epochs + 1)
         has_val = any(not math.isnan(v) for v in self.val_loss)
         has_acc = any(not math.isnan(a) for a in self.val_accuracy)
@@ -179,11 +194,7 @@ class History:
             ax.legend()
         if title:
             fig.suptitle(title)
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format=fmt, dpi=dpi)
-        with atomic_write(path) as f:
-            f.write(buffer.getvalue())
-        return path
+        return write_figure(fig, path, dpi)
 
 
 class EarlyStopping:
@@ -308,7 +319,7 @@ def fit(model, loss_fn: Callable, optimizer, train_loader: Iterable, val_loader:
         progress: bool | None = None, on_epoch_end: Callable | None = None,
         validate: Callable | None = None, scheduler=None, clip_grad_norm: float | None = None,
         state: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
-        verbose: int = 1) -> History:
+        verbose: int = 1, monitor=None) -> History:
     """Train `model` for up to `epochs` epochs; returns a `History`.
 
     Each epoch: `model.train()`, then for every `(x, y)` batch of `train_loader`
@@ -345,6 +356,10 @@ def fit(model, loss_fn: Callable, optimizer, train_loader: Iterable, val_loader:
       installed, replaced by a one-line summary when the epoch ends, and just that line per epoch
       otherwise (a log file, CI, a pipe); 2 the line per epoch, never a bar. The line, on stderr:
       `epoch 3/20  train loss 0.1234  val loss 0.1111  val acc 97.50%  1.2 s`.
+    monitor: a `LayerMonitor(model, every=N)` (or an object with its records/before_step/after_step/
+      attach methods): every N optimizer steps it records per-layer gradient norms, weight norms,
+      update-to-weight ratios and activation statistics into `history.layers`, called after backward
+      and clipping and again after the optimizer's step (see tensorgrad.monitor).
     progress: overrides verbose's choice of a bar: True always shows one (ImportError naming
       `pip install tensorgrad[progress]` if tqdm is missing), False never; None (default) leaves it to
       verbose. It never changes whether the summary lines are printed.
@@ -389,6 +404,12 @@ def fit(model, loss_fn: Callable, optimizer, train_loader: Iterable, val_loader:
         raise TypeError(f"fit: expected a scheduler with step(), state_dict() and load_state_dict(), got "
                         f"{type(scheduler).__name__}")
     steps_on_metric = bool(getattr(scheduler, "steps_on_metric", False))
+    if monitor is not None and not all(callable(getattr(monitor, m, None))
+                                       for m in ("records", "before_step", "after_step", "attach")):
+        raise TypeError(f"fit: expected monitor to be a LayerMonitor (records, before_step, after_step, "
+                        f"attach), got {type(monitor).__name__}")
+    if monitor is not None and getattr(monitor, "model", model) is not model:
+        raise ValueError("fit: the monitor watches another model than the one fit trains")
     if val_loader is not None and validate is not None:
         raise ValueError("fit: pass val_loader or validate, not both")
     if validate is None and val_loader is not None:
@@ -420,6 +441,8 @@ def fit(model, loss_fn: Callable, optimizer, train_loader: Iterable, val_loader:
     if resume is not None:
         _resume(resume, run, model, optimizer, scheduler, loaders, restore_best, epochs)
     history = run.history
+    if monitor is not None:
+        monitor.attach(history.layers)
     on_cuda = any(backend.is_cupy_array(p.data) for p in _optimized_parameters(model, optimizer))
     if on_cuda and run.cuda_seed is None:
         from tensorgrad.random import host_generator
@@ -444,7 +467,7 @@ def fit(model, loss_fn: Callable, optimizer, train_loader: Iterable, val_loader:
                 backend.cupy().random.seed(_epoch_seed(run.cuda_seed, epoch))
             lr = _current_lr(optimizer)
             finished = _train_epoch(model, loss_fn, optimizer, train_loader, epoch, epochs, bar_factory,
-                                    run, clip, interrupt)
+                                    run, clip, interrupt, monitor)
             if not finished:
                 run.partial_seconds = time.perf_counter() - start
                 write_state(start_states)
@@ -549,7 +572,7 @@ class _SigintGuard:
 
 
 def _train_epoch(model, loss_fn, optimizer, loader, epoch: int, epochs: int, bar_factory, run: _Run,
-                 clip, interrupt: _SigintGuard) -> bool:
+                 clip, interrupt: _SigintGuard, monitor=None) -> bool:
     """One pass over `loader`, skipping the `run.batch` batches an interrupted run already trained.
 
     Adds to run's loss sum, samples, batch and step counters; False when a SIGINT stopped it early.
@@ -575,8 +598,13 @@ def _train_epoch(model, loss_fn, optimizer, loader, epoch: int, epochs: int, bar
             loss.backward()
             if clip is not None:
                 clip()
+            recording = monitor is not None and monitor.records(run.step + 1)
+            if recording:
+                monitor.before_step(run.step + 1, xb)
             optimizer.step()
             run.step += 1
+            if recording:
+                monitor.after_step(run.step)
             run.batch += 1
             run.loss_sum = run.loss_sum + loss.data * n
             run.samples += n
@@ -653,7 +681,7 @@ def _save_state(path, run: _Run, model, optimizer, scheduler, loader_states: dic
 
 
 _SAVED_HISTORY = ("train_loss", "val_loss", "val_accuracy", "seconds", "lr", "best_epoch", "best_val_loss",
-                  "checkpoint")
+                  "checkpoint", "layers")
 
 
 def _resume(path, run: _Run, model, optimizer, scheduler, loaders: dict, restore_best: bool,
@@ -729,6 +757,9 @@ def _resume(path, run: _Run, model, optimizer, scheduler, loaders: dict, restore
     history.best_val_loss = (None if recorded.get("best_val_loss") is None
                              else float(_scalar(recorded["best_val_loss"])))
     history.checkpoint = recorded.get("checkpoint")
+    history.layers = {name: ([int(_scalar(v)) for v in value] if name == "step" else
+                             {layer: [float(_scalar(v)) for v in values] for layer, values in value.items()})
+                      for name, value in (recorded.get("layers") or {}).items()}
     best = saved["best"]
     run.best_val_accuracy = float(_scalar(best.get("val_accuracy")))
     if restore_best and best.get("weights") is not None:
