@@ -94,29 +94,34 @@ def version_of(tensor) -> Version:
     return box
 
 
-# Tensor hooks registered and not removed: backward looks for hooks only while there are some, so
-# they cost nothing when none is registered.
-_hooks_live = 0
+class HookCount:
+    """How many hooks of one kind are registered and not removed: the code that would run them looks
+    for them only while there are some, so hooks cost nothing when none is registered."""
+
+    __slots__ = ("live",)
+
+    def __init__(self):
+        self.live = 0
+
+
+tensor_hooks = HookCount()
 
 
 class HookHandle:
     """What the register_*hook methods return: `remove()` unregisters the hook (twice is harmless)."""
 
-    __slots__ = ("_table", "_key", "_counted")
+    __slots__ = ("_table", "_key", "_count")
     _last_key = 0
 
-    def __init__(self, table: dict, fn, counted: bool = False):
-        global _hooks_live
+    def __init__(self, table: dict, fn, count: HookCount):
         HookHandle._last_key += 1
-        self._table, self._key, self._counted = table, HookHandle._last_key, counted
+        self._table, self._key, self._count = table, HookHandle._last_key, count
         table[self._key] = fn
-        if counted:
-            _hooks_live += 1
+        count.live += 1
 
     def remove(self) -> None:
-        global _hooks_live
-        if self._table.pop(self._key, None) is not None and self._counted:
-            _hooks_live -= 1
+        if self._table.pop(self._key, None) is not None:
+            self._count.live -= 1
 
 
 def add_tensor_hook(owner, attribute: str, fn) -> HookHandle:
@@ -125,7 +130,7 @@ def add_tensor_hook(owner, attribute: str, fn) -> HookHandle:
     if table is None:
         table = {}
         setattr(owner, attribute, table)
-    return HookHandle(table, fn, counted=True)
+    return HookHandle(table, fn, tensor_hooks)
 
 
 def _run_hooks(hooks: dict, grad):
@@ -445,7 +450,7 @@ def run_backward(roots, seeds, retain_graph=False, capture=None):
     targets = {} if capture is None else {t.grad_fn: t for t in capture.values() if t.grad_fn is not None}
     captured = {}
     anomaly = _mode.anomaly
-    hooked = _hooks_live > 0  # `hooks` is never set on a node unless some hook was registered
+    hooked = tensor_hooks.live > 0  # `hooks` is never set on a node unless some hook was registered
     ready = [node for node in starts if node not in consumers]
     while ready:
         node = ready.pop()

@@ -27,7 +27,7 @@ def test_hook_on_an_intermediate_sees_its_gradient_and_can_replace_it():
 
 
 def test_hook_on_a_leaf_runs_before_accumulation_and_handles_remove():
-    live = autograd._hooks_live
+    live = autograd.tensor_hooks.live
     x = tg.tensor(np.array([1.0, -1.0]), requires_grad=True)
     calls = []
     handle = x.register_hook(lambda g: calls.append(1) or g * 0.5)
@@ -37,7 +37,7 @@ def test_hook_on_a_leaf_runs_before_accumulation_and_handles_remove():
     handle.remove()  # twice is harmless
     (x * 4.0).sum().backward()
     np.testing.assert_array_equal(x.grad.numpy(), [6.0, 6.0])  # 2 + 4: the hook no longer halves
-    assert calls == [1] and autograd._hooks_live == live
+    assert calls == [1] and autograd.tensor_hooks.live == live
 
 
 def test_tg_grad_returns_the_hooked_gradient():
@@ -107,7 +107,7 @@ def test_full_backward_hook_matches_pytorch():
     torch = pytest.importorskip("torch")
     ours, theirs = _model(), _model(torch)
     got, want = [], []
-    live = autograd._hooks_live
+    live = autograd.tensor_hooks.live
     ours[0].register_full_backward_hook(lambda m, gi, go: got.append((gi, go)))
     theirs[0].register_full_backward_hook(lambda m, gi, go: want.append((gi, go)))
     x = tg.tensor(X, requires_grad=True)
@@ -119,7 +119,7 @@ def test_full_backward_hook_matches_pytorch():
     np.testing.assert_allclose(gi[0].numpy(), gi_t[0].numpy(), rtol=1e-14)
     np.testing.assert_allclose(go[0].numpy(), go_t[0].numpy(), rtol=1e-14)
     np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy(), rtol=1e-14)
-    assert autograd._hooks_live == live  # the hook's bookkeeping is gone after its backward
+    assert autograd.tensor_hooks.live == live  # the hook's bookkeeping is gone after its backward
 
 
 def test_full_backward_hook_can_replace_grad_input_and_sees_none_for_constants():

@@ -11,7 +11,7 @@ from .. import _checks
 from ..tensor import Tensor, as_dtype, float32, zeros
 from . import functional as F
 from . import init
-from .module import Module, Parameter
+from .module import Module, Parameter, module_hooks
 
 
 class Linear(Module):
@@ -247,7 +247,8 @@ class Sequential(Module):
         for module, activation in self._plan():
             if activation is None:
                 x = module(x)
-            elif module.has_hooks() or activation.has_hooks():  # hooks see each module's own call
+            elif module_hooks.live and (module.has_hooks() or activation.has_hooks()):
+                # hooks see each module's own call
                 x = activation(module(x))
             else:
                 # The dense layer's epilogue: bias and activation applied in one pass over the GEMM output.

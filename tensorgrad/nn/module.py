@@ -49,6 +49,10 @@ class Parameter(Tensor):
         return "Parameter containing:\n" + Tensor.__repr__(self)
 
 
+# forward and backward hooks of all modules
+module_hooks = autograd.HookCount()
+
+
 class _IncompatibleKeys(NamedTuple):
     missing_keys: list
     unexpected_keys: list
@@ -145,9 +149,11 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__}: forward() is not defined")
 
     def __call__(self, *args, **kwargs):
+        if not module_hooks.live:  # the usual case: no hook anywhere, no cost
+            return self.forward(*args, **kwargs)
         hooks = self.__dict__.get("_forward_hooks")
         backward_hooks = self.__dict__.get("_backward_hooks")
-        if not hooks and not backward_hooks:  # the usual case: no hook, no cost
+        if not hooks and not backward_hooks:
             return self.forward(*args, **kwargs)
         if backward_hooks:
             args, tracker = _BackwardHookCall.before(self, backward_hooks, args)
@@ -163,13 +169,15 @@ class Module:
     def register_forward_hook(self, fn) -> autograd.HookHandle:
         """Call `fn(module, inputs, output)` after every forward; a value it returns replaces the output.
         Returns a handle whose `remove()` unregisters it. As PyTorch's."""
-        return autograd.HookHandle(self._hook_table("_forward_hooks", fn, "register_forward_hook"), fn)
+        return autograd.HookHandle(self._hook_table("_forward_hooks", fn, "register_forward_hook"), fn,
+                                   module_hooks)
 
     def register_full_backward_hook(self, fn) -> autograd.HookHandle:
         """Call `fn(module, grad_input, grad_output)` when the gradients of the module's tensor inputs are
         computed: tuples of Tensors (None for an input that needs no gradient). A tuple it returns replaces
         grad_input. Returns a handle whose `remove()` unregisters it. As PyTorch's."""
-        return autograd.HookHandle(self._hook_table("_backward_hooks", fn, "register_full_backward_hook"), fn)
+        return autograd.HookHandle(self._hook_table("_backward_hooks", fn, "register_full_backward_hook"), fn,
+                                   module_hooks)
 
     def _hook_table(self, attribute: str, fn, op: str) -> dict:
         if not callable(fn):
@@ -178,7 +186,8 @@ class Module:
 
     def has_hooks(self) -> bool:
         """Whether a forward or backward hook is registered (Sequential then runs this module unfused)."""
-        return bool(self.__dict__.get("_forward_hooks") or self.__dict__.get("_backward_hooks"))
+        return bool(module_hooks.live and (self.__dict__.get("_forward_hooks")
+                                           or self.__dict__.get("_backward_hooks")))
 
     # ----------------------------------------------------------------- traversal
     def named_children(self):
