@@ -331,7 +331,7 @@ _DRAWN_CONSTANT_SIZE = 6
 
 def _trimmed_constants(datas, parents) -> list:
     return [None if parent is not None
-            else data if isinstance(data, (int, float, complex)) or data.size <= _DRAWN_CONSTANT_SIZE
+            else data if not hasattr(data, "size") or data.size <= _DRAWN_CONSTANT_SIZE  # None, scalars
             else Meta(data.shape, data.dtype)
             for data, parent in zip(datas, parents)]
 

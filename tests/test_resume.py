@@ -324,6 +324,9 @@ CHILD = textwrap.dedent("""
 
     def loss_fn(out, target):
         if slow:
+            if mode == "twice" and len(slow) == 1:
+                slow.append(True)
+                print("IN-SLOW-STEP", flush=True)  # the test signals once this step is under way
             time.sleep(float(mode == "twice") * 20 + 0.01)  # interrupted only by the second SIGINT
         return F.cross_entropy(out, target)
 
@@ -380,6 +383,7 @@ def test_a_real_sigint_stops_fit_cleanly_and_the_state_resumes(tmp_path):
 
 def test_a_second_sigint_interrupts_at_once(tmp_path):
     child, _ = start_child(tmp_path, "twice")
+    assert child.stdout.readline().strip() == "IN-SLOW-STEP"  # the first SIGINT must find a step running
     child.send_signal(signal.SIGINT)
     time.sleep(0.3)
     started = time.perf_counter()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 
 from .. import _checks
+from ..backend import quiet_numpy
 from .optimizer import Optimizer, grad_array, refuse_capture
 
 
@@ -54,52 +55,53 @@ class Adam(Optimizer):
     def step(self, closure=None):
         """One update of every parameter that has a gradient; returns closure() when given."""
         loss = self._closure_loss(closure)
-        for group in self.param_groups:
-            lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
-            amsgrad = group["amsgrad"]
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                xp, param, grad = p.xp, p.data, grad_array(p, type(self).__name__)
-                p._bump_version()  # the update below changes p in place: graphs that saved p must see it
-                refuse_capture(p, type(self).__name__, "the bias correction changes with every step")
-                state = self.state.setdefault(p, {})
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = xp.zeros_like(param)
-                    state["exp_avg_sq"] = xp.zeros_like(param)
+        with quiet_numpy():  # an update past the dtype's range is inf, silently as in PyTorch
+            for group in self.param_groups:
+                lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+                amsgrad = group["amsgrad"]
+                beta1, beta2 = group["betas"]
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    xp, param, grad = p.xp, p.data, grad_array(p, type(self).__name__)
+                    p._bump_version()  # the update below changes p in place: graphs that saved p must see it
+                    refuse_capture(p, type(self).__name__, "the bias correction changes with every step")
+                    state = self.state.setdefault(p, {})
+                    if not state:
+                        state["step"] = 0
+                        state["exp_avg"] = xp.zeros_like(param)
+                        state["exp_avg_sq"] = xp.zeros_like(param)
+                        if amsgrad:
+                            state["max_exp_avg_sq"] = xp.zeros_like(param)
+                    state["step"] += 1
+                    step = state["step"]
+                    m, v = state["exp_avg"], state["exp_avg_sq"]
+
+                    if weight_decay != 0:
+                        if self._decoupled:
+                            xp.multiply(param, 1 - lr * weight_decay, out=param)
+                        else:
+                            grad = grad + weight_decay * param
+                    denom = xp.multiply(grad, 1 - beta1)  # scratch first, the denominator below
+                    xp.multiply(m, beta1, out=m)
+                    xp.add(m, denom, out=m)
+                    xp.multiply(v, beta2, out=v)
+                    xp.multiply(grad, grad, out=denom)
+                    xp.multiply(denom, 1 - beta2, out=denom)
+                    xp.add(v, denom, out=v)
                     if amsgrad:
-                        state["max_exp_avg_sq"] = xp.zeros_like(param)
-                state["step"] += 1
-                step = state["step"]
-                m, v = state["exp_avg"], state["exp_avg_sq"]
+                        v_max = state.setdefault("max_exp_avg_sq", xp.zeros_like(param))
+                        xp.maximum(v_max, v, out=v_max)
+                        v = v_max
 
-                if weight_decay != 0:
-                    if self._decoupled:
-                        xp.multiply(param, 1 - lr * weight_decay, out=param)
-                    else:
-                        grad = grad + weight_decay * param
-                denom = xp.multiply(grad, 1 - beta1)  # scratch first, the denominator below
-                xp.multiply(m, beta1, out=m)
-                xp.add(m, denom, out=m)
-                xp.multiply(v, beta2, out=v)
-                xp.multiply(grad, grad, out=denom)
-                xp.multiply(denom, 1 - beta2, out=denom)
-                xp.add(v, denom, out=v)
-                if amsgrad:
-                    v_max = state.setdefault("max_exp_avg_sq", xp.zeros_like(param))
-                    xp.maximum(v_max, v, out=v_max)
-                    v = v_max
-
-                bias_correction1 = 1 - beta1 ** step
-                bias_correction2_sqrt = math.sqrt(1 - beta2 ** step)
-                xp.sqrt(v, out=denom)
-                xp.divide(denom, bias_correction2_sqrt, out=denom)
-                xp.add(denom, eps, out=denom)
-                xp.divide(m, denom, out=denom)
-                xp.multiply(denom, lr / bias_correction1, out=denom)
-                xp.subtract(param, denom, out=param)
+                    bias_correction1 = 1 - beta1 ** step
+                    bias_correction2_sqrt = math.sqrt(1 - beta2 ** step)
+                    xp.sqrt(v, out=denom)
+                    xp.divide(denom, bias_correction2_sqrt, out=denom)
+                    xp.add(denom, eps, out=denom)
+                    xp.divide(m, denom, out=denom)
+                    xp.multiply(denom, lr / bias_correction1, out=denom)
+                    xp.subtract(param, denom, out=param)
         return loss
 
 

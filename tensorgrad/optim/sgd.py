@@ -15,6 +15,7 @@ a readable loop over parameters, kept beside it and held equal to it by the test
 from __future__ import annotations
 
 from .. import _checks, kernels
+from ..backend import quiet_numpy
 from .optimizer import Optimizer, grad_array, refuse_capture
 
 
@@ -79,21 +80,24 @@ class SGD(Optimizer):
     def step(self, closure=None):
         """One update of every parameter that has a gradient; returns closure() when given."""
         loss = self._closure_loss(closure)
-        for group in self.param_groups:
-            for params, grads, bufs, first in self._batches(group):
-                kernels.for_array(params[0]).sgd_update_multi(
-                    params, grads, bufs, group["lr"], group["weight_decay"], group["momentum"],
-                    group["dampening"], group["nesterov"], first)
+        with quiet_numpy():  # an update past the dtype's range is inf, silently as in PyTorch
+            for group in self.param_groups:
+                for params, grads, bufs, first in self._batches(group):
+                    kernels.for_array(params[0]).sgd_update_multi(
+                        params, grads, bufs, group["lr"], group["weight_decay"], group["momentum"],
+                        group["dampening"], group["nesterov"], first)
         return loss
 
     def step_reference(self, closure=None):
         """The same update as `step`, one parameter at a time with the unfused formula (for tests)."""
         loss = self._closure_loss(closure)
-        for group in self.param_groups:
-            for params, grads, bufs, first in self._batches(group):
-                for i, (param, grad) in enumerate(zip(params, grads)):
-                    kernels.sgd_update_reference(
-                        param, grad, None if bufs is None else bufs[i], group["lr"], group["weight_decay"],
-                        group["momentum"], group["dampening"], group["nesterov"], first)
+        with quiet_numpy():  # an update past the dtype's range is inf, silently as in PyTorch
+            for group in self.param_groups:
+                for params, grads, bufs, first in self._batches(group):
+                    for i, (param, grad) in enumerate(zip(params, grads)):
+                        kernels.sgd_update_reference(
+                            param, grad, None if bufs is None else bufs[i], group["lr"],
+                            group["weight_decay"], group["momentum"], group["dampening"], group["nesterov"],
+                            first)
         return loss
 
