@@ -35,34 +35,29 @@ def load(root: str):
     return tensorgrad
 
 
-def add_chain(tg):
-    """benchmarks/test_overhead.py's case: 1,000 adds of (4, 4) leaves, forward + backward, per op."""
+def _chain(tg, link, leaves: int, ops: int):
+    """A chain y = link(y, leaf) over (4, 4) leaves, forward + backward, timed per op."""
     tg.manual_seed(0)
-    leaves = [tg.randn(4, 4, requires_grad=True) for _ in range(1001)]
+    chain = [tg.randn(4, 4, requires_grad=True) for _ in range(leaves)]
 
     def run():
-        for leaf in leaves:
+        for leaf in chain:
             leaf.grad = None
-        y = leaves[0]
-        for leaf in leaves[1:]:
-            y = y + leaf
+        y = chain[0]
+        for leaf in chain[1:]:
+            y = link(y, leaf)
         y.sum().backward()
-    return run, 1000
+    return run, ops
+
+
+def add_chain(tg):
+    """benchmarks/test_overhead.py's case: 1,000 adds of (4, 4) leaves."""
+    return _chain(tg, lambda y, leaf: y + leaf, 1001, 1000)
 
 
 def mul_sigmoid_chain(tg):
-    """200 x (multiply, sigmoid): ops that save their operands and their output, per op."""
-    tg.manual_seed(0)
-    leaves = [tg.randn(4, 4, requires_grad=True) for _ in range(201)]
-
-    def run():
-        for leaf in leaves:
-            leaf.grad = None
-        y = leaves[0]
-        for leaf in leaves[1:]:
-            y = (y * leaf).sigmoid()
-        y.sum().backward()
-    return run, 400
+    """200 x (multiply, sigmoid): ops that save their operands and their output."""
+    return _chain(tg, lambda y, leaf: (y * leaf).sigmoid(), 201, 400)
 
 
 def mlp_step(tg, sizes, batch, activation, loss):
