@@ -2,13 +2,16 @@
 // epilogues (bias + activation forward; activation backward + bias gradient). float32 (_f32) and
 // float64 (_f64) variants of each.
 //
-// Compiled at run time by NVRTC through cupy.RawModule, and by nvcc in the test suite, so the file
-// includes no headers: the math functions used here are built into both compilers.
+// Compiled at run time by NVRTC through cupy.RawModule (with this folder as its include path), and
+// by nvcc in the test suite. common.cuh is the only header: NVRTC has no system include path, and
+// the math functions used here are built into both compilers.
 //
 // The kernels are memory-bound, so each one reads and writes every element exactly once, with
 // 16-byte loads (float4 / double2) when the pointers allow it. `out` may alias the input
 // (in-place activation): every element is read once and then written once by the same thread,
 // so __restrict__'s no-overlap promise is never observable.
+
+#include "common.cuh"
 
 __device__ __forceinline__ float  expm1_(float v)  { return expm1f(v); }
 __device__ __forceinline__ double expm1_(double v) { return expm1(v); }

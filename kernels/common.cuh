@@ -1,6 +1,7 @@
-// Shared by every kernels/*.cu: tensorgrad/kernels.py (cuda_source) puts this text in front of each
-// source before NVRTC compiles it, and the tests hand nvcc the same text. No header includes: NVRTC
-// (cupy.RawModule) has no system include path.
+// Shared by every kernels/*.cu, each of which includes it: tensorgrad/kernels.py gives NVRTC the
+// folder the sources are loaded from as its include path, and nvcc takes `-I kernels`. No header
+// includes here: NVRTC (cupy.RawModule) has no system include path.
+#pragma once
 
 // A 16-byte vector of T, for one load/store instead of four (float) or two (double).
 template <typename T> struct Vec16;

@@ -15,7 +15,9 @@
 // tile, block z summing the k range [z * k_per_split, (z + 1) * k_per_split) into its own slice
 // c + z * m * n of a workspace, and gemm_sum_splits adds the slices in order (deterministic).
 //
-// Compiled after kernels/common.cuh, by NVRTC and by nvcc in the tests.
+// Compiled by NVRTC (cupy.RawModule, this folder as its include path) and by nvcc in the tests.
+
+#include "common.cuh"
 
 const int GEMM_TILE = 64;    // rows and columns of C per block
 const int GEMM_TILE_K = 16;

@@ -11,7 +11,9 @@
 // updates up to SGD_MAX_TENSORS parameters in a single launch from a table of pointers passed by
 // value, so a model with many small tensors pays one launch instead of one per tensor.
 //
-// Compiled after kernels/common.cuh (Vec16, aligned16, exp_), by NVRTC and by nvcc in the tests.
+// Compiled by NVRTC (cupy.RawModule, this folder as its include path) and by nvcc in the tests.
+
+#include "common.cuh"
 
 template <typename T>
 struct SgdHyper {

@@ -19,7 +19,9 @@
 // outside the row for them and write NaN for that row, so a bad label cannot corrupt memory or
 // pass unnoticed.
 //
-// Compiled after kernels/common.cuh (Vec16, aligned16, exp_), by NVRTC and by nvcc in the tests.
+// Compiled by NVRTC (cupy.RawModule, this folder as its include path) and by nvcc in the tests.
+
+#include "common.cuh"
 
 __device__ __forceinline__ float  log_(float v)  { return logf(v); }
 __device__ __forceinline__ double log_(double v) { return log(v); }

@@ -11,6 +11,7 @@ every output has the dtype of the inputs: float32 data is never computed in floa
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 
@@ -518,16 +519,20 @@ _SGD_TABLE = np.dtype([("param", np.uint64, (_SGD_MAX_TENSORS,)), ("grad", np.ui
                        ("buf", np.uint64, (_SGD_MAX_TENSORS,)), ("size", np.int64, (_SGD_MAX_TENSORS,))])
 
 
-# Put in front of every source (templates and helpers they share), see cuda_source().
+# The header every source includes (templates and helpers they share), from the source folder.
 CUDA_PRELUDE = "common.cuh"
 
 
-def cuda_source(source: str, directory: Path | None = None) -> str:
-    """The text NVRTC compiles for `source`: the shared prelude, then the file (line numbers kept)."""
+def cuda_compile_options(directory: Path | None = None) -> tuple[str, ...]:
+    """NVRTC options for the sources in `directory`: it is their include path (for common.cuh).
+
+    CuPy's on-disk binary cache is keyed by the source text and the options, not by the headers a
+    source includes, so the header's digest rides along as an unused define: an edited common.cuh
+    then recompiles instead of loading a stale binary.
+    """
     directory = kernel_source_dir() if directory is None else directory
-    prelude = (directory / CUDA_PRELUDE).read_text(encoding="utf-8")
-    body = (directory / source).read_text(encoding="utf-8")
-    return f'{prelude}\n#line 1 "{source}"\n{body}'
+    digest = hashlib.sha256((directory / CUDA_PRELUDE).read_bytes()).hexdigest()[:16]
+    return (f"-I{directory}", f"-DTENSORGRAD_PRELUDE_DIGEST={digest}")
 
 
 def kernel_source_dir() -> Path:
@@ -571,8 +576,9 @@ class CudaKernels:
                 source = _SOURCE_OF_KERNEL[name]
                 module = self._modules.get(source)
                 if module is None:
-                    code = cuda_source(source, self._source_dir)
-                    module = self._modules[source] = self._cupy.RawModule(code=code)
+                    code = (self._source_dir / source).read_text(encoding="utf-8")
+                    module = self._modules[source] = self._cupy.RawModule(
+                        code=code, options=cuda_compile_options(self._source_dir))
                 with self._cupy.cuda.Device(self.device_id):
                     function = self._functions[name] = module.get_function(name)
         return function

@@ -8,7 +8,8 @@ code that launches the kernels on a GPU, and the very text NVRTC would compile, 
     gpu = kernels.CudaKernels(0, cupy=cp)
     y = gpu.activation_forward("relu", cp.asarray(x))      # kernels/activations.cu, built by g++
 
-`RawModule(code=...)` compiles the code with g++ after tests/cuda_on_cpu.h (CUDA's built-ins for
+`RawModule(code=..., options=...)` compiles the code with g++ (given NVRTC's -I and -D options) after
+tests/cuda_on_cpu.h (CUDA's built-ins for
 the CPU, threads as fibers) and one generated launcher per `extern "C" __global__` kernel. Launches
 are checked as strictly as a GPU would be, and stricter where a GPU would silently misbehave: every
 scalar argument must be a NumPy scalar of exactly the parameter's C type (CuPy passes a float64 for
@@ -121,10 +122,10 @@ class EmulatedCupy:
         self.cuda = SimpleNamespace(Device=_Device, get_current_stream=lambda: stream)
 
     @staticmethod
-    def RawModule(code: str, **options) -> EmulatedModule:  # noqa: N802 (CuPy's name)
-        if options:
-            raise TypeError(f"RawModule: the emulator takes only code=, got {sorted(options)}")
-        return EmulatedModule(code)
+    def RawModule(code: str, options: tuple = (), **rest) -> EmulatedModule:  # noqa: N802 (CuPy's name)
+        if rest:
+            raise TypeError(f"RawModule: the emulator takes only code= and options=, got {sorted(rest)}")
+        return EmulatedModule(code, tuple(options))
 
     @staticmethod
     def asarray(a, dtype=None) -> EmulatedDeviceArray:
@@ -167,10 +168,14 @@ class EmulatedCupy:
 class EmulatedModule:
     """cupy.RawModule over the CPU: compiles `code` once (cached on disk by its hash)."""
 
-    def __init__(self, code: str):
-        self.code = code
-        self.signatures = kernel_signatures(code)
-        self._library = ctypes.CDLL(str(_build(code, self.signatures)))
+    def __init__(self, code: str, options: tuple = ()):
+        # Only what g++ reads the same way NVRTC does: include folders and macro definitions.
+        unknown = [option for option in options if not option.startswith(("-I", "-D"))]
+        if unknown:
+            raise TypeError(f"RawModule: the emulator takes only -I and -D options, got {unknown}")
+        self.code, self.options = code, options
+        self.signatures = kernel_signatures(code, options)
+        self._library = ctypes.CDLL(str(_build(code, self.signatures, options)))
         self._library.emu_last_error.restype = ctypes.c_char_p
 
     def get_function(self, name: str) -> EmulatedFunction:
@@ -239,11 +244,11 @@ def _argument(kernel: str, index: int, parameter: tuple, arg):
     return np.ctypeslib.as_ctypes_type(dtype)(arg.item())
 
 
-def kernel_signatures(code: str) -> dict[str, list[tuple[str, str]]]:
+def kernel_signatures(code: str, options: tuple = ()) -> dict[str, list[tuple[str, str]]]:
     """{kernel name: [(C type, parameter name), ...]} of every extern "C" __global__ in `code`,
     read after the preprocessor has expanded the macros that define them."""
-    expanded = subprocess.run([COMPILER, "-E", "-P", "-x", "c++", f"-D__global__={_KERNEL_MARKER}", "-"],
-                              input=code, capture_output=True, text=True, check=True).stdout
+    command = [COMPILER, "-E", "-P", "-x", "c++", *options, f"-D__global__={_KERNEL_MARKER}", "-"]
+    expanded = subprocess.run(command, input=code, capture_output=True, text=True, check=True).stdout
     signatures = {}
     for match in _KERNEL_SIGNATURE.finditer(expanded):
         parameters = []
@@ -264,12 +269,16 @@ def _launcher_source(name: str, parameters: list) -> str:
             f"{{ return emu::launch(grid, block, emu_body_{name}, args); }}\n")
 
 
-def _build(code: str, signatures: dict) -> Path:
+def _build(code: str, signatures: dict, options: tuple = ()) -> Path:
     """Compile code + launchers into a shared library, once per distinct text (atomic rename)."""
     source = (f'#include "{SHIM.name}"\n{code}\n'
               'extern "C" const char* emu_last_error() { return emu::last_error; }\n' +
               "".join(_launcher_source(name, parameters) for name, parameters in signatures.items()))
-    digest = hashlib.sha256((source + SHIM.read_text()).encode()).hexdigest()[:20]
+    # The headers the code may include count too: an edited common.cuh must rebuild.
+    headers = [path for option in options if option.startswith("-I")
+               for path in sorted(Path(option[2:]).glob("*.cuh"))]
+    key = "\0".join([source, SHIM.read_text(), *options, *(h.read_text() for h in headers)])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     cache = Path(tempfile.gettempdir()) / "tensorgrad-cuda-emulator"
     cache.mkdir(exist_ok=True)
     library = cache / f"{digest}.so"
@@ -279,7 +288,7 @@ def _build(code: str, signatures: dict) -> Path:
     os.close(fd)
     try:
         command = [COMPILER, "-std=c++17", "-O2", "-fPIC", "-shared", "-w", f"-I{SHIM.parent}",
-                   "-x", "c++", "-", "-o", partial]
+                   *options, "-x", "c++", "-", "-o", partial]
         build = subprocess.run(command, input=source, capture_output=True, text=True)
         if build.returncode != 0:
             raise RuntimeError(f"emulated RawModule: g++ failed:\n{build.stderr}")

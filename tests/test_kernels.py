@@ -45,22 +45,15 @@ def tolerance(dtype):
 # ---------------------------------------------------------------------------------------------
 # CUDA sources: nvcc compiles each for sm_80 and sm_90, and every kernel kernels.py launches exists.
 
-def _compiled_text(source: Path, out_dir: Path) -> Path:
-    """The exact text the loader hands NVRTC (prelude + source), as a file nvcc can read."""
-    text_file = out_dir / source.name
-    if not text_file.exists():
-        text_file.write_text(kernels.cuda_source(source.name, source.parent))
-    return text_file
-
-
 @cache
 def _nvcc(source: Path, arch: str, out_dir: Path) -> tuple[bytes, str]:
-    """(cubin, ptxas's resource report) for one source and architecture."""
+    """(cubin, ptxas's resource report) for one source and architecture, compiled on its own as a
+    CUDA developer would: `nvcc -arch=... -I kernels -cubin kernels/X.cu` from the repository root."""
     target = out_dir / f"{source.stem}.{arch}.cubin"
-    text = _compiled_text(source, out_dir)
-    command = ["nvcc", f"-arch={arch}", "-cubin", "-Xptxas", "-v", "-o", str(target), str(text)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"nvcc -arch={arch} failed on {source.name}:\n{result.stderr}"
+    command = ["nvcc", f"-arch={arch}", "-I", "kernels", "-cubin", "-Xptxas", "-v", "-o", str(target),
+               str(source.relative_to(ROOT))]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr}"
     return target.read_bytes(), result.stderr
 
 
@@ -100,7 +93,7 @@ def test_every_cuda_source_is_in_the_launch_table():
 @needs_nvcc
 @pytest.mark.parametrize("arch", ARCHES)
 @pytest.mark.parametrize("source", CUDA_SOURCES, ids=lambda p: p.name)
-def test_cuda_source_compiles_with_nvcc(source, arch, cubin_dir):
+def test_cuda_source_compiles_alone_with_nvcc_and_the_kernels_include_path(source, arch, cubin_dir):
     assert _cubin(source, arch, cubin_dir).startswith(b"\x7fELF")
 
 
@@ -121,9 +114,8 @@ def test_launched_kernels_are_extern_c_globals_of_their_source(source, cubin_dir
     launched = set(kernels.KERNEL_SOURCES[source.name])
     # The kernels are stamped out by macros, so grep the preprocessed text; nvcc spells
     # __global__ as __attribute__((global)) there.
-    preprocessed = subprocess.run(["nvcc", "-E", "-arch=sm_80", str(_compiled_text(source, cubin_dir))],
-                                  capture_output=True,
-                                  text=True, timeout=300, check=True).stdout
+    preprocessed = subprocess.run(["nvcc", "-E", "-arch=sm_80", "-I", str(source.parent), str(source)],
+                                  capture_output=True, text=True, timeout=300, check=True).stdout
     declared = set(re.findall(r'extern "C" (?:__global__|__attribute__\(\(global\)\)) void (\w+)\(',
                               preprocessed))
     assert launched <= declared, f"launched but not declared extern \"C\" __global__: {launched - declared}"
@@ -135,10 +127,24 @@ def test_launched_kernels_are_extern_c_globals_of_their_source(source, cubin_dir
                                           f"launched but missing {launched - entry_points}")
 
 
-def test_cuda_sources_include_no_headers():
-    # NVRTC (cupy.RawModule) has no system include path
-    for source in [*CUDA_SOURCES, CUDA_SOURCES[0].parent / kernels.CUDA_PRELUDE]:
-        assert "#include" not in source.read_text(), f"{source.name} has an #include"
+def test_cuda_sources_include_only_the_shared_header():
+    # NVRTC (cupy.RawModule) has no system include path; the loader gives it the sources' folder
+    for source in CUDA_SOURCES:
+        includes = re.findall(r"^\s*#\s*include\s*(.*)$", source.read_text(), re.MULTILINE)
+        assert includes == [f'"{kernels.CUDA_PRELUDE}"'], f"{source.name} includes {includes}"
+    assert "#include" not in (CUDA_SOURCES[0].parent / kernels.CUDA_PRELUDE).read_text()
+
+
+@cuda_emulator.needs_compiler
+def test_loader_compiles_each_file_as_is_with_its_own_folder_as_the_include_path():
+    # A wheel loads the sources from tensorgrad/cuda_kernels, so the include path must follow the
+    # folder the sources come from, never the checkout's kernels/.
+    gpu = _emulated_kernels()
+    gpu.load(np.float32)
+    source_dir = kernels.kernel_source_dir()
+    for source, module in gpu._modules.items():
+        assert module.code == (source_dir / source).read_text(encoding="utf-8")
+        assert f"-I{source_dir}" in module.options
 
 
 def test_source_finder_prefers_the_installed_package_then_the_source_tree():
