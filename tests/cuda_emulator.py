@@ -39,6 +39,11 @@ SHIM = Path(__file__).resolve().parent / "cuda_on_cpu.h"
 # Few SMs, so that grid-stride loops take several strides at sizes a test can afford.
 MULTIPROCESSOR_COUNT = 1
 
+# The seed of the fibers' random schedule (tests/cuda_on_cpu.h); every launch replays it from the
+# start, so a failing test reruns with the same interleavings under the seed its id or message names.
+SEED_VARIABLE = "TENSORGRAD_EMULATOR_SEED"
+schedule_seed = int(os.environ.get(SEED_VARIABLE, "0"))
+
 _KERNEL_MARKER = "__tensorgrad_emulated_kernel__"
 # A launch runs its fibers on the calling thread over one library's globals: one launch at a time.
 _LAUNCH_LOCK = threading.Lock()
@@ -206,9 +211,12 @@ class EmulatedFunction:
         pointers = (ctypes.c_void_p * max(1, len(values)))(
             *[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
         with _LAUNCH_LOCK:
-            rc = self._launcher(_dims(self.name, "grid", grid), _dims(self.name, "block", block), pointers)
+            seed = schedule_seed
+            rc = self._launcher(_dims(self.name, "grid", grid), _dims(self.name, "block", block), pointers,
+                                ctypes.c_ulonglong(seed))
         if rc != 0:
-            raise RuntimeError(f"{self.name}: {self._library.emu_last_error().decode()}")
+            raise RuntimeError(f"{self.name}: {self._library.emu_last_error().decode()} "
+                               f"(schedule seed {seed}; {SEED_VARIABLE}={seed} replays it)")
 
 
 def _dims(name: str, what: str, dims):
@@ -265,8 +273,8 @@ def _launcher_source(name: str, parameters: list) -> str:
     sizes = "".join(f"out[{i}] = sizeof({c_type}); " for i, (c_type, _) in enumerate(parameters))
     return (f"static void emu_body_{name}(void** args) {{ {name}({casts}); }}\n"
             f'extern "C" void emu_parameter_sizes_{name}(unsigned long long* out) {{ {sizes}}}\n'
-            f'extern "C" int emu_launch_{name}(const unsigned* grid, const unsigned* block, void** args) '
-            f"{{ return emu::launch(grid, block, emu_body_{name}, args); }}\n")
+            f'extern "C" int emu_launch_{name}(const unsigned* grid, const unsigned* block, void** args, '
+            f"unsigned long long seed) {{ return emu::launch(grid, block, emu_body_{name}, args, seed); }}\n")
 
 
 def _build(code: str, signatures: dict, options: tuple = ()) -> Path:

@@ -8,8 +8,14 @@
 // nothing else: a warp shuffle after some lanes exited, or a __syncthreads that not every thread
 // reaches, leaves no fiber able to run, and the launch fails with a message instead of hanging.
 //
-// Not modelled: memory spaces (pointers are host pointers), uninitialised shared memory (a block
-// sees what the block before it left), partial shuffle masks, atomics, and timing.
+// A GPU promises no order between threads outside a barrier, so each sweep over the runnable fibers
+// goes in a fresh random order from a seeded generator (reset at every launch, so one seed replays
+// one schedule): a missing barrier shows up as a wrong result under some seed instead of hiding
+// behind one fixed order. Shared memory starts every block filled with 0xff bytes (NaN as float or
+// double, -1 as an integer), as a GPU gives a block whatever the last one left: a kernel that reads
+// shared memory it did not write this block gets NaN or a wild index instead of a plausible value.
+//
+// Not modelled: memory spaces (pointers are host pointers), partial shuffle masks, atomics, timing.
 #pragma once
 
 #include <math.h>
@@ -22,8 +28,12 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
-// Blocks run one at a time, so one static instance per variable is one block's shared memory.
-#define __shared__ static
+// Blocks run one at a time, so one static instance per variable is one block's shared memory. They
+// all sit in one section, so that the launcher can poison them before each block.
+#define __shared__ static __attribute__((section("emu_shared")))
+// The linker's bounds of that section; weak, as a module without shared memory has no such section.
+extern "C" char __start_emu_shared[] __attribute__((weak));
+extern "C" char __stop_emu_shared[] __attribute__((weak));
 
 struct dim3 {
     unsigned x, y, z;
@@ -83,6 +93,15 @@ inline void (*body)(void**);
 inline void** body_args;
 inline char last_error[512];
 inline bool failed;
+inline unsigned long long schedule_state;  // xorshift64*, reset from the seed at each launch
+inline int order[MAX_THREADS_PER_BLOCK];
+
+inline unsigned long long next_random() {
+    schedule_state ^= schedule_state >> 12;
+    schedule_state ^= schedule_state << 25;
+    schedule_state ^= schedule_state >> 27;
+    return schedule_state * 2685821657736338717ULL;
+}
 
 // Record the first failure; the launch reports it when the grid is done.
 inline void fail(const char* message) {
@@ -115,6 +134,8 @@ inline bool runnable(const Fiber& fiber) {
 }
 
 inline int run_block(int threads) {
+    if (__start_emu_shared != nullptr)
+        memset(__start_emu_shared, 0xff, (size_t)(__stop_emu_shared - __start_emu_shared));
     block_barrier = Barrier{threads, 0, 0};
     for (int w = 0; w * WARP_SIZE < threads; ++w) {
         const int lanes = threads - w * WARP_SIZE < WARP_SIZE ? threads - w * WARP_SIZE : WARP_SIZE;
@@ -137,13 +158,17 @@ inline int run_block(int threads) {
         makecontext(&fiber.context, fiber_main, 0);
     }
     int live = threads;
-    // Sweeps alternate direction: after a barrier the highest-numbered threads run on first half of
-    // the time, so a missing barrier that lets them overwrite what lower ones still read shows up
-    // (one fixed order would always favour the same side of such a race).
-    for (bool forward = true; live > 0; forward = !forward) {
+    for (int t = 0; t < threads; ++t) order[t] = t;
+    while (live > 0) {
+        for (int i = threads - 1; i > 0; --i) {  // Fisher-Yates: a fresh order every sweep
+            const int j = (int)(next_random() % (unsigned long long)(i + 1));
+            const int swapped = order[i];
+            order[i] = order[j];
+            order[j] = swapped;
+        }
         bool progressed = false;
         for (int i = 0; i < threads; ++i) {
-            const int t = forward ? i : threads - 1 - i;
+            const int t = order[i];
             if (!runnable(fibers[t])) continue;
             current = &fibers[t];
             swapcontext(&scheduler, &current->context);
@@ -163,10 +188,13 @@ inline int run_block(int threads) {
     return 0;
 }
 
-// Run kernel `kernel_body(args)` over the grid; 0 on success, else last_error says why.
-inline int launch(const unsigned* grid, const unsigned* block, void (*kernel_body)(void**), void** args) {
+// Run kernel `kernel_body(args)` over the grid, fibers ordered by `seed`; 0 on success, else
+// last_error says why.
+inline int launch(const unsigned* grid, const unsigned* block, void (*kernel_body)(void**), void** args,
+                  unsigned long long seed) {
     const unsigned long long threads = (unsigned long long)block[0] * block[1] * block[2];
     failed = false;
+    schedule_state = (seed * 0x9e3779b97f4a7c15ULL) | 1;  // never 0, where xorshift would stay
     if (threads == 0 || threads > MAX_THREADS_PER_BLOCK) {
         snprintf(last_error, sizeof last_error, "invalid block (%u, %u, %u): 1 to %d threads", block[0],
                  block[1], block[2], MAX_THREADS_PER_BLOCK);

@@ -53,6 +53,23 @@ extern "C" __global__ void shuffle_after_exit(float* out) {
     out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.0f, 1);
 }
 
+// Records the order the threads run in (fibers never run at once, so the counter needs no atomic).
+extern "C" __global__ void arrival_order(int* order) {
+    order[order[64]++] = threadIdx.x;
+}
+
+// Thread 0 of each block reads a shared slot that only block 0 writes.
+extern "C" __global__ void stale_shared(float* out, int* index_out) {
+    __shared__ float value;
+    __shared__ int index;
+    if (blockIdx.x == 0) {
+        value = 1.0f;
+        index = 7;
+    }
+    out[blockIdx.x] = value;
+    index_out[blockIdx.x] = index;
+}
+
 extern "C" __global__ void scale(float* x, float by, long long n) {
     for (long long i = threadIdx.x; i < n; i += blockDim.x) x[i] *= by;
 }
@@ -164,3 +181,33 @@ def test_device_arrays_copy_on_upload_and_download(cp):
     downloaded[1] = 99.0
     assert device.get()[1] == 1.0
     assert type(downloaded) is np.ndarray and device.data.ptr == device.ctypes.data
+
+
+def _arrival_order(module, cp, seed, monkeypatch):
+    monkeypatch.setattr(cuda_emulator, "schedule_seed", seed)
+    order = cp.zeros(65, dtype=np.int32)
+    module.get_function("arrival_order")((1,), (64,), (order,))
+    return order.get()[:64]
+
+
+def test_the_seed_picks_the_thread_order_and_replays_it(module, cp, monkeypatch):
+    # a GPU promises no order outside barriers, so neither may the emulator: a race must show
+    orders = [_arrival_order(module, cp, seed, monkeypatch) for seed in (1, 2, 1)]
+    assert sorted(orders[0]) == list(range(64))
+    assert not np.array_equal(orders[0], orders[1])
+    np.testing.assert_array_equal(orders[0], orders[2])
+    assert not np.array_equal(orders[0], np.arange(64))
+
+
+def test_shared_memory_starts_each_block_poisoned(module, cp):
+    # what the previous block left is what a GPU may hand the next one; the emulator hands it NaN
+    out, index = cp.zeros(3, dtype=np.float32), cp.zeros(3, dtype=np.int32)
+    module.get_function("stale_shared")((3,), (32,), (out, index))
+    assert out.get()[0] == 1.0 and np.isnan(out.get()[1:]).all()
+    np.testing.assert_array_equal(index.get(), [7, -1, -1])
+
+
+def test_a_failed_launch_names_its_schedule_seed(module, cp, monkeypatch):
+    monkeypatch.setattr(cuda_emulator, "schedule_seed", 41)
+    with pytest.raises(RuntimeError, match=r"schedule seed 41; TENSORGRAD_EMULATOR_SEED=41 replays it"):
+        module.get_function("divergent_barrier")((1,), (32,), (cp.zeros(32, dtype=np.float32),))
