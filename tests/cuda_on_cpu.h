@@ -15,7 +15,8 @@
 // double, -1 as an integer), as a GPU gives a block whatever the last one left: a kernel that reads
 // shared memory it did not write this block gets NaN or a wild index instead of a plausible value.
 //
-// Not modelled: memory spaces (pointers are host pointers), partial shuffle masks, atomics, timing.
+// Not modelled: memory spaces (pointers are host pointers), partial shuffle masks (a full mask in a
+// partial warp fails the launch), atomics, timing.
 #pragma once
 
 #include <math.h>
@@ -241,6 +242,13 @@ inline T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) 
         return value;
     }
     emu::Warp& warp = emu::warps[emu::current->warp];
+    // A full mask names all 32 lanes; in a block whose last warp is partial, the missing lanes' values
+    // are undefined on a GPU, so a kernel relying on them must fail here rather than read a stale slot.
+    if (warp.barrier.expected != emu::WARP_SIZE) {
+        emu::fail("full-warp shuffle (mask 0xffffffff) in a partial warp: the block's thread count is not a "
+                  "multiple of 32, so some named lanes do not exist");
+        return value;
+    }
     const int lane = (int)((threadIdx.x + threadIdx.y * blockDim.x + threadIdx.z * blockDim.x * blockDim.y) %
                            emu::WARP_SIZE);
     memcpy(warp.lanes[lane], &value, sizeof(T));

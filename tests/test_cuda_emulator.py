@@ -211,3 +211,10 @@ def test_a_failed_launch_names_its_schedule_seed(module, cp, monkeypatch):
     monkeypatch.setattr(cuda_emulator, "schedule_seed", 41)
     with pytest.raises(RuntimeError, match=r"schedule seed 41; TENSORGRAD_EMULATOR_SEED=41 replays it"):
         module.get_function("divergent_barrier")((1,), (32,), (cp.zeros(32, dtype=np.float32),))
+
+
+def test_a_full_mask_shuffle_in_a_partial_warp_fails(module, cp):
+    # lanes 48..63 do not exist: on a GPU the shuffle reads undefined values from them
+    values = cp.asarray(np.ones(48))
+    with pytest.raises(RuntimeError, match="warp_sums: full-warp shuffle .* in a partial warp"):
+        module.get_function("warp_sums")((1,), (48,), (values, cp.zeros(48)))
