@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import weakref
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -85,8 +86,45 @@ class EmulatedDeviceArray(np.ndarray):
         self[...] = host
 
 
+# Every allocation sits between two guard regions of 0xff bytes (NaN as float or double), checked
+# after each launch: a kernel writing past a buffer fails with its name instead of corrupting a
+# neighbour or aborting in glibc, and one reading past it gets NaN, which the tests' comparisons see.
+# A GEMM row one past the end is a whole row of bytes away, hence a generous guard.
+GUARD_BYTES = 4096
+_GUARD = 0xFF
+_guarded: dict[int, weakref.ref] = {}
+
+
+def _allocate(shape, dtype) -> EmulatedDeviceArray:
+    dtype = np.dtype(dtype)
+    shape = tuple(int(s) for s in np.atleast_1d(shape)) if np.ndim(shape) else (int(shape),)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    backing = np.full(nbytes + 2 * GUARD_BYTES, _GUARD, dtype=np.uint8)
+    key = id(backing)
+    _guarded[key] = weakref.ref(backing, lambda _, key=key: _guarded.pop(key, None))
+    body = backing[GUARD_BYTES:GUARD_BYTES + nbytes].view(dtype).reshape(shape)
+    return body.view(EmulatedDeviceArray)
+
+
 def _on_device(array) -> EmulatedDeviceArray:
-    return array.view(EmulatedDeviceArray)
+    """A guarded device copy of a host array."""
+    device = _allocate(array.shape, array.dtype)
+    device[...] = array
+    return device
+
+
+def _check_guards(kernel: str) -> None:
+    for reference in list(_guarded.values()):
+        backing = reference()
+        if backing is None:
+            continue
+        before, after = backing[:GUARD_BYTES], backing[-GUARD_BYTES:]
+        if (before != _GUARD).any() or (after != _GUARD).any():
+            where = "before" if (before != _GUARD).any() else "past the end of"
+            size = backing.size - 2 * GUARD_BYTES
+            before[...], after[...] = _GUARD, _GUARD  # report each overrun once
+            raise RuntimeError(f"{kernel}: wrote {where} a device buffer of {size} bytes "
+                               f"(its guard bytes changed)")
 
 
 class _Device:
@@ -139,7 +177,7 @@ class EmulatedCupy:
 
     @staticmethod
     def empty(shape, dtype=np.float64) -> EmulatedDeviceArray:
-        return _on_device(np.empty(shape, dtype=dtype))
+        return _allocate(shape, dtype)
 
     @staticmethod
     def zeros(shape, dtype=np.float64) -> EmulatedDeviceArray:
@@ -155,7 +193,7 @@ class EmulatedCupy:
 
     @staticmethod
     def empty_like(a) -> EmulatedDeviceArray:
-        return _on_device(np.empty_like(a))
+        return _allocate(a.shape, a.dtype)
 
     @staticmethod
     def zeros_like(a) -> EmulatedDeviceArray:
@@ -214,6 +252,8 @@ class EmulatedFunction:
             seed = schedule_seed
             rc = self._launcher(_dims(self.name, "grid", grid), _dims(self.name, "block", block), pointers,
                                 ctypes.c_ulonglong(seed))
+            if rc == 0:
+                _check_guards(self.name)
         if rc != 0:
             raise RuntimeError(f"{self.name}: {self._library.emu_last_error().decode()} "
                                f"(schedule seed {seed}; {SEED_VARIABLE}={seed} replays it)")

@@ -70,6 +70,15 @@ extern "C" __global__ void stale_shared(float* out, int* index_out) {
     index_out[blockIdx.x] = index;
 }
 
+// Element i + shift, read or written: a shift of 1 or -1 reaches one element outside the buffer.
+extern "C" __global__ void shifted_read(const float* in, float* out, int shift) {
+    out[threadIdx.x] = in[(int)threadIdx.x + shift];
+}
+
+extern "C" __global__ void shifted_write(float* out, int shift) {
+    out[(int)threadIdx.x + shift] = 2.0f;
+}
+
 extern "C" __global__ void scale(float* x, float by, long long n) {
     for (long long i = threadIdx.x; i < n; i += blockDim.x) x[i] *= by;
 }
@@ -218,3 +227,19 @@ def test_a_full_mask_shuffle_in_a_partial_warp_fails(module, cp):
     values = cp.asarray(np.ones(48))
     with pytest.raises(RuntimeError, match="warp_sums: full-warp shuffle .* in a partial warp"):
         module.get_function("warp_sums")((1,), (48,), (values, cp.zeros(48)))
+
+
+@pytest.mark.parametrize("shift, message", [(1, "past the end of"), (-1, "before")])
+def test_a_write_outside_a_buffer_fails_the_launch(module, cp, shift, message):
+    out = cp.zeros(32, dtype=np.float32)
+    with pytest.raises(RuntimeError, match=rf"shifted_write: wrote {message} a device buffer of 128 bytes"):
+        module.get_function("shifted_write")((1,), (32,), (out, np.int32(shift)))
+    assert (out.get() == 2).sum() == 31
+
+
+@pytest.mark.parametrize("shift", [1, -1])
+def test_a_read_outside_a_buffer_gets_nan(module, cp, shift):
+    ones, out = cp.asarray(np.ones(32, np.float32)), cp.zeros(32, dtype=np.float32)
+    module.get_function("shifted_read")((1,), (32,), (ones, out, np.int32(shift)))
+    outside = 31 if shift == 1 else 0
+    assert np.isnan(out.get()[outside]) and (np.delete(out.get(), outside) == 1).all()
