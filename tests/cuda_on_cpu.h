@@ -24,6 +24,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <ucontext.h>
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
 
 #define __global__
 #define __device__
@@ -212,13 +215,25 @@ inline int launch(const unsigned* grid, const unsigned* block, void (*kernel_bod
     body_args = args;
     grid_dim = dim3{grid[0], grid[1], grid[2]};
     block_dim = dim3{block[0], block[1], block[2]};
-    for (unsigned z = 0; z < grid[2]; ++z)
-        for (unsigned y = 0; y < grid[1]; ++y)
-            for (unsigned x = 0; x < grid[0]; ++x) {
+#if defined(__SSE__)
+    // CuPy compiles with -ftz=true: float32 denormal inputs and results are zero on the GPU. x86 has
+    // one flush-to-zero / denormals-are-zero switch for float and double alike, so the float64
+    // kernels flush here too, where a GPU would keep denormals (their tests never reach 1e-308).
+    // Fibers inherit the switch: getcontext copies it into each one's context.
+    const unsigned caller_csr = _mm_getcsr();
+    _mm_setcsr(caller_csr | 0x8040);  // FTZ | DAZ
+#endif
+    int rc = 0;
+    for (unsigned z = 0; z < grid[2] && rc == 0; ++z)
+        for (unsigned y = 0; y < grid[1] && rc == 0; ++y)
+            for (unsigned x = 0; x < grid[0] && rc == 0; ++x) {
                 block_index = dim3{x, y, z};
-                if (run_block((int)threads) != 0) return 1;
+                rc = run_block((int)threads);
             }
-    return failed ? 1 : 0;
+#if defined(__SSE__)
+    _mm_setcsr(caller_csr);
+#endif
+    return rc != 0 || failed ? 1 : 0;
 }
 
 }  // namespace emu

@@ -243,3 +243,10 @@ def test_a_read_outside_a_buffer_gets_nan(module, cp, shift):
     module.get_function("shifted_read")((1,), (32,), (ones, out, np.int32(shift)))
     outside = 31 if shift == 1 else 0
     assert np.isnan(out.get()[outside]) and (np.delete(out.get(), outside) == 1).all()
+
+
+def test_float32_denormals_flush_to_zero_as_with_cupys_ftz(module, cp):
+    # CuPy hands NVRTC -ftz=true: 1e-30 * 1e-10 is a float32 denormal, so the GPU writes zero
+    x = cp.asarray(np.array([1e-30, 1.0, 2.0], np.float32))
+    module.get_function("scale")((1,), (4,), (x, np.float32(1e-10), np.int64(3)))
+    np.testing.assert_array_equal(x.get(), np.array([0.0, 1e-10, 2e-10], np.float32))
