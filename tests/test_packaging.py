@@ -7,7 +7,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# the .cu files and the prelude the loader puts in front of each (kernels/common.cuh)
+# the .cu files and the header each includes (kernels/common.cuh), found through NVRTC's include path
 CUDA_SOURCES = sorted((ROOT / "kernels").glob("*.cu")) + sorted((ROOT / "kernels").glob("*.cuh"))
 
 
