@@ -44,6 +44,10 @@ MULTIPROCESSOR_COUNT = 1
 # start, so a failing test reruns with the same interleavings under the seed its id or message names.
 SEED_VARIABLE = "TENSORGRAD_EMULATOR_SEED"
 schedule_seed = int(os.environ.get(SEED_VARIABLE, "0"))
+# TENSORGRAD_EMULATOR_SANITIZE=address builds the kernels with AddressSanitizer: an out-of-bounds read
+# or write is reported at its source line (Python must then run with libasan preloaded; see .ci/run).
+SANITIZE_FLAGS = (("-fsanitize=address", "-fno-omit-frame-pointer", "-g")
+                  if os.environ.get("TENSORGRAD_EMULATOR_SANITIZE") == "address" else ())
 
 _KERNEL_MARKER = "__tensorgrad_emulated_kernel__"
 # A launch runs its fibers on the calling thread over one library's globals: one launch at a time.
@@ -90,7 +94,8 @@ class EmulatedDeviceArray(np.ndarray):
 # after each launch: a kernel writing past a buffer fails with its name instead of corrupting a
 # neighbour or aborting in glibc, and one reading past it gets NaN, which the tests' comparisons see.
 # A GEMM row one past the end is a whole row of bytes away, hence a generous guard.
-GUARD_BYTES = 4096
+# Under AddressSanitizer the allocations are exact instead, so that its redzones catch reads too.
+GUARD_BYTES = 0 if SANITIZE_FLAGS else 4096
 _GUARD = 0xFF
 _guarded: dict[int, weakref.ref] = {}
 
@@ -114,6 +119,8 @@ def _on_device(array) -> EmulatedDeviceArray:
 
 
 def _check_guards(kernel: str) -> None:
+    if not GUARD_BYTES:  # AddressSanitizer checks every access instead
+        return
     for reference in list(_guarded.values()):
         backing = reference()
         if backing is None:
@@ -325,7 +332,7 @@ def _build(code: str, signatures: dict, options: tuple = ()) -> Path:
     # The headers the code may include count too: an edited common.cuh must rebuild.
     headers = [path for option in options if option.startswith("-I")
                for path in sorted(Path(option[2:]).glob("*.cuh"))]
-    key = "\0".join([source, SHIM.read_text(), *options, *(h.read_text() for h in headers)])
+    key = "\0".join([source, SHIM.read_text(), *options, *SANITIZE_FLAGS, *(h.read_text() for h in headers)])
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     cache = Path(tempfile.gettempdir()) / "tensorgrad-cuda-emulator"
     cache.mkdir(exist_ok=True)
@@ -336,7 +343,7 @@ def _build(code: str, signatures: dict, options: tuple = ()) -> Path:
     os.close(fd)
     try:
         command = [COMPILER, "-std=c++17", "-O2", "-fPIC", "-shared", "-w", f"-I{SHIM.parent}",
-                   *options, "-x", "c++", "-", "-o", partial]
+                   *SANITIZE_FLAGS, *options, "-x", "c++", "-", "-o", partial]
         build = subprocess.run(command, input=source, capture_output=True, text=True)
         if build.returncode != 0:
             raise RuntimeError(f"emulated RawModule: g++ failed:\n{build.stderr}")
