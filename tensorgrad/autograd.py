@@ -105,6 +105,9 @@ class HookCount:
 
 
 tensor_hooks = HookCount()
+# Hooks that run once a leaf's `.grad` has been written (register_post_accumulate_grad_hook): while
+# there are some, backward hands each leaf its gradient as soon as the last node using it has run.
+accumulate_hooks = HookCount()
 
 
 class HookHandle:
@@ -124,25 +127,29 @@ class HookHandle:
             self._count.live -= 1
 
 
-def add_tensor_hook(owner, attribute: str, fn) -> HookHandle:
-    """Register `fn` in owner.<attribute> (a node's `hooks`, a leaf's `_hooks`), made on first use."""
+def add_tensor_hook(owner, attribute: str, fn, count: HookCount = tensor_hooks) -> HookHandle:
+    """Register `fn` in owner.<attribute> (a node's `hooks`, a leaf's `_hooks` or `_post_hooks`), made
+    on first use."""
     table = getattr(owner, attribute, None)
     if table is None:
         table = {}
         setattr(owner, attribute, table)
-    return HookHandle(table, fn, tensor_hooks)
+    return HookHandle(table, fn, count)
 
 
 def _run_hooks(hooks: dict, grad):
-    """Each hook sees the gradient as a Tensor; one that returns a Tensor replaces it for the rest."""
+    """Each hook sees the gradient as a Tensor; one that returns a Tensor replaces it for the rest.
+    `grad` is an array, or a Tensor in a differentiable backward (which the hooks see as it is)."""
+    graph = isinstance(grad, Tensor)
     for fn in list(hooks.values()):
-        result = fn(_wrap(grad))
+        result = fn(grad if graph else _wrap(grad))
         if result is not None:
             data = result.data if isinstance(result, Tensor) else None
-            if data is None or data.shape != grad.shape or type(data) is not type(grad):
+            array = grad.data if graph else grad
+            if data is None or data.shape != array.shape or type(data) is not type(array):
                 raise RuntimeError(f"register_hook: a hook must return None or a Tensor of the gradient's "
-                                   f"shape {tuple(grad.shape)} on its device, got {result!r:.80}")
-            grad = data
+                                   f"shape {tuple(array.shape)} on its device, got {result!r:.80}")
+            grad = result if graph else data
     return grad
 
 
@@ -194,6 +201,21 @@ class Node:
     def needs_grad(self, i: int) -> bool:
         """Whether operand i wants a gradient; lets ops skip saving and computing what no one needs."""
         return self.parents[i] is not None
+
+    # One backward formula serves both modes. A first-order backward gets `g` as an array and reads the
+    # arrays the forward saved; a differentiable backward (create_graph=True) gets `g` as a Tensor and
+    # reads the operands and the output as Tensors, so that the ops of the formula are recorded and the
+    # gradient's own graph reaches them.
+
+    def inputs(self, g, *saved):
+        """The operands as the backward formula reads them: `saved` (the arrays the forward kept) for
+        an array `g`; for a Tensor `g`, the operands this node was applied to (Tensors or scalars)."""
+        return saved if type(g) is not Tensor else self.saved_inputs
+
+    def output(self, g):
+        """The forward output as the backward formula reads it: the array, or for a Tensor `g` a Tensor
+        of it made by this node (so the gradient's graph runs back through this node)."""
+        return self.value if type(g) is not Tensor else _wrap(self.value, self)
 
     def release(self) -> None:
         """Drop saved buffers but keep the output's shape and dtype; subclasses that save more extend it."""
@@ -379,12 +401,15 @@ def unbroadcast(grad, shape: tuple):
     return grad
 
 
-def _seed(root, grad):
+def _seed(root, grad, create_graph: bool = False):
+    """The gradient backward starts from at `root`: an array, or in a differentiable backward a Tensor
+    (a given Tensor as it is, so that its own graph is differentiated too)."""
     if grad is None:
         if root.data.size != 1:
             raise RuntimeError(f"backward: grad can be implicitly created only for scalar outputs; "
                                f"the output has shape {root.shape}, so pass a gradient of that shape")
-        return backend.array_module(root.data).ones(root.data.shape, dtype=root.data.dtype)
+        seed = backend.array_module(root.data).ones(root.data.shape, dtype=root.data.dtype)
+        return _wrap(seed) if create_graph else seed
     g = grad.data if isinstance(grad, Tensor) else grad
     xp = backend.array_module(root.data)
     if isinstance(g, (bool, int, float, list, tuple, np.generic)):
@@ -399,7 +424,7 @@ def _seed(root, grad):
     if g.dtype.kind not in "biuf":
         raise TypeError(f"backward: the gradient must hold numbers, got dtype {g.dtype}")
     if type(g) is not type(root.data):
-        if isinstance(g, np.ndarray):
+        if isinstance(g, np.ndarray) and not isinstance(grad, Tensor):
             g = xp.asarray(g, dtype=root.data.dtype)
         else:
             raise RuntimeError(f"backward: the gradient is on {backend.device_of(g)} but the output on "
@@ -407,13 +432,19 @@ def _seed(root, grad):
     if g.shape != root.data.shape:
         raise ValueError(f"backward: gradient shape {tuple(g.shape)} does not match output shape "
                          f"{root.shape}")
+    if create_graph:
+        seed = grad if isinstance(grad, Tensor) else _wrap(g)
+        return seed.astype(root.data.dtype)
     return g.astype(root.data.dtype, copy=False)
 
 
 def _as_leaf_grad(g):
     # Leaf gradients are handed to optimizers and fused kernels, which need C-contiguous memory;
     # broadcast views (zero strides) from sum/mean backward are materialized here, and NumPy
-    # scalars from 0-d arithmetic become 0-d arrays.
+    # scalars from 0-d arithmetic become 0-d arrays. A Tensor (differentiable backward) is copied
+    # inside the graph.
+    if isinstance(g, Tensor):
+        return g if g.data.flags.c_contiguous else g.clone()
     if isinstance(g, np.generic):
         return np.asarray(g)
     if not g.flags.c_contiguous:
@@ -421,14 +452,24 @@ def _as_leaf_grad(g):
     return g
 
 
-def run_backward(roots, seeds, retain_graph=False, capture=None):
-    """Back-propagate `seeds` (arrays) from `roots` (Tensors).
+def _as_tensor(g):
+    return g if isinstance(g, Tensor) else _wrap(g)
 
+
+def run_backward(roots, seeds, retain_graph=False, capture=None, create_graph=False):
+    """Back-propagate `seeds` from `roots` (Tensors).
+
+    seeds: arrays; with create_graph, Tensors: every node's backward then runs on Tensors with
+    recording on, so the gradients it returns carry a graph of their own (differentiable again).
     capture: None to accumulate into every reached leaf's `.grad`; else a dict {id(tensor): tensor}
     whose gradients are collected and returned instead (for `grad()`), leaving `.grad` untouched.
     """
+    if create_graph and not _mode.grad_enabled:
+        with _grad_mode(True):
+            return run_backward(roots, seeds, retain_graph, capture, create_graph)
     # pending: node or leaf Tensor -> the sum of the gradients that reached it so far. Leaves stay
-    # here until the end, so a leaf used a thousand times gets one `.grad` write, not a thousand.
+    # here until the end, so a leaf used a thousand times gets one `.grad` write, not a thousand;
+    # unless a hook waits for a leaf's `.grad`: then a leaf is delivered once its last user has run.
     pending = {}
     for root, seed in zip(roots, seeds):
         key = root.grad_fn or root
@@ -439,6 +480,7 @@ def run_backward(roots, seeds, retain_graph=False, capture=None):
     consumers = {}
     seen = set(starts)
     stack = list(starts)
+    early = accumulate_hooks.live > 0 and capture is None
     while stack:
         for parent in stack.pop().parents:
             if isinstance(parent, Node):
@@ -446,6 +488,8 @@ def run_backward(roots, seeds, retain_graph=False, capture=None):
                 if parent not in seen:
                     seen.add(parent)
                     stack.append(parent)
+            elif early and parent is not None:
+                consumers[parent] = consumers.get(parent, 0) + 1
 
     targets = {} if capture is None else {t.grad_fn: t for t in capture.values() if t.grad_fn is not None}
     captured = {}
@@ -475,11 +519,15 @@ def run_backward(roots, seeds, retain_graph=False, capture=None):
             if isinstance(grad, np.generic):  # NumPy hands back scalars from 0-d arithmetic; ops get arrays
                 grad = np.asarray(grad)
             if retain_graph:
-                node.grad = grad
+                node.grad = grad.data if create_graph else grad
             grads = node.backward(grad)
+            if create_graph:
+                _check_recorded(node, grads)
             if anomaly:
                 for g in grads:
-                    _check_finite(backend.array_module(grad), g, node.name, "backward")
+                    g = g.data if isinstance(g, Tensor) else g
+                    if g is not None:
+                        _check_finite(backend.array_module(g), g, node.name, "backward")
         for parent, g in zip(node.parents, grads):
             if parent is None:
                 continue
@@ -490,16 +538,39 @@ def run_backward(roots, seeds, retain_graph=False, capture=None):
                 consumers[parent] = left
                 if not left:
                     ready.append(parent)
+            elif early:
+                left = consumers[parent] - 1
+                consumers[parent] = left
+                if not left and parent in pending:
+                    _deliver_leaf(parent, pending.pop(parent), hooked, capture, captured)
         if not retain_graph:
             node.release()
 
     for leaf, g in pending.items():  # only leaves are left
-        if hooked:
-            hooks = getattr(leaf, "_hooks", None)
-            if hooks:
-                g = _run_hooks(hooks, g)
-        _deliver(leaf, g, capture, captured)
+        _deliver_leaf(leaf, g, hooked, capture, captured)
     return captured
+
+
+def _check_recorded(node: Node, grads) -> None:
+    """A differentiable backward must answer in Tensors: an array would end the gradient's graph there,
+    and a second derivative through it would be silently zero."""
+    for g in grads:
+        if g is not None and not isinstance(g, Tensor):
+            raise RuntimeError(f"backward: {node.name} returned an array in a create_graph backward; its "
+                               "backward formula must compute with the Tensors it is given")
+
+
+def _deliver_leaf(leaf, g, hooked, capture, captured) -> None:
+    if hooked:
+        hooks = getattr(leaf, "_hooks", None)
+        if hooks:
+            g = _run_hooks(hooks, g)
+    _deliver(leaf, g, capture, captured)
+    if capture is None and accumulate_hooks.live:
+        post_hooks = getattr(leaf, "_post_hooks", None)
+        if post_hooks:
+            for fn in list(post_hooks.values()):
+                fn(leaf)
 
 
 def _deliver(leaf, g, capture, captured):
@@ -509,7 +580,9 @@ def _deliver(leaf, g, capture, captured):
         return
     if g.dtype != leaf.data.dtype:
         g = g.astype(leaf.data.dtype)
-    if leaf.grad is None:
+    if isinstance(g, Tensor):  # a differentiable backward: `.grad` keeps the gradient's graph
+        leaf.grad = _as_leaf_grad(g if leaf.grad is None else leaf.grad + g)
+    elif leaf.grad is None:
         leaf.grad = _wrap(_as_leaf_grad(g))
     else:
         # Out of place: a gradient array may be shared by several leaves (add hands `g` to both).
@@ -526,10 +599,12 @@ def _tensors(values, what: str) -> list:
     return list(values)
 
 
-def grad(outputs, inputs, grad_outputs=None, retain_graph=False):
+def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False):
     """Gradients of `outputs` with respect to `inputs`, as a tuple of Tensors (None where unreached).
 
-    Unlike `backward`, nothing is accumulated into `.grad`.
+    Unlike `backward`, nothing is accumulated into `.grad`. With create_graph=True the backward pass
+    is itself recorded: the gradients carry a graph (they require grad wherever they depend on a
+    tensor that does) and can be differentiated again. retain_graph defaults to create_graph.
     """
     single = isinstance(outputs, Tensor)
     outputs = [outputs] if single else _tensors(outputs, "outputs")
@@ -548,14 +623,24 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=False):
         if not out.requires_grad:
             raise RuntimeError(f"grad: an output (shape {out.shape}) does not require grad, "
                                "so it has no graph to differentiate")
-    seeds = [_seed(o, g) for o, g in zip(outputs, grad_outputs)]
+    create_graph, retain_graph = graph_flags("grad", retain_graph, create_graph)
+    seeds = [_seed(o, g, create_graph) for o, g in zip(outputs, grad_outputs)]
     captured = run_backward(outputs, seeds, retain_graph=retain_graph,
-                            capture={id(t): t for t in inputs_list})
+                            capture={id(t): t for t in inputs_list}, create_graph=create_graph)
     result = []
     for t in inputs_list:
         g = captured.get(id(t))
         if g is not None and g.dtype != t.data.dtype:
             g = g.astype(t.data.dtype)
         # like leaf .grad: a 0-d array (not a NumPy scalar from 0-d arithmetic), contiguous
-        result.append(None if g is None else _wrap(_as_leaf_grad(g)))
+        result.append(None if g is None else _as_tensor(_as_leaf_grad(g)))
     return tuple(result)
+
+
+def graph_flags(op: str, retain_graph, create_graph) -> tuple:
+    """(create_graph, retain_graph) as bools, retain_graph defaulting to create_graph (as PyTorch)."""
+    for name, value in (("retain_graph", retain_graph), ("create_graph", create_graph)):
+        if value is not None and not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{op}: {name} must be a bool, got {type(value).__name__}")
+    create_graph = bool(create_graph)
+    return create_graph, create_graph if retain_graph is None else bool(retain_graph)

@@ -101,7 +101,7 @@ class Tensor:
     """
 
     __slots__ = ("data", "grad", "_requires_grad", "grad_fn", "_name", "_version_box", "_hooks",
-                 "__weakref__")
+                 "_post_hooks", "__weakref__")
     # Make `numpy_array + tensor` call Tensor.__radd__ instead of NumPy broadcasting over a Tensor.
     __array_priority__ = 1000
 
@@ -165,6 +165,23 @@ class Tensor:
         if self.grad_fn is not None:
             return autograd.add_tensor_hook(self.grad_fn, "hooks", fn)
         return autograd.add_tensor_hook(self, "_hooks", fn)
+
+    def register_post_accumulate_grad_hook(self, fn):
+        """Call `fn(tensor)` on this leaf right after a backward has written its `.grad` (as PyTorch's).
+
+        While such a hook exists, backward hands each leaf its gradient as soon as the last node using
+        it has run, not at the end of the pass: a data-parallel wrapper starts reducing the last
+        layer's gradients while the first layers' backward is still to come. Returns a handle whose
+        `remove()` unregisters the hook. `tg.grad` accumulates nothing and runs none of them.
+        """
+        if not callable(fn):
+            raise TypeError("register_post_accumulate_grad_hook: expected a function, got "
+                            f"{type(fn).__name__}")
+        if not self._requires_grad or self.grad_fn is not None:
+            raise RuntimeError("register_post_accumulate_grad_hook: only a leaf tensor that requires grad "
+                               "accumulates a .grad" + ("" if self.grad_fn is None else
+                                                        f" (this one was made by {self.grad_fn.name})"))
+        return autograd.add_tensor_hook(self, "_post_hooks", fn, autograd.accumulate_hooks)
 
     def requires_grad_(self, value: bool = True) -> Tensor:
         self.requires_grad = value
@@ -304,12 +321,18 @@ class Tensor:
     def zero_grad(self) -> None:
         self.grad = None
 
-    def backward(self, grad=None, retain_graph: bool = False) -> None:
-        """Back-propagate from this tensor; accumulates into the `.grad` of the leaves it reaches."""
+    def backward(self, grad=None, retain_graph=None, create_graph: bool = False) -> None:
+        """Back-propagate from this tensor; accumulates into the `.grad` of the leaves it reaches.
+
+        create_graph=True records the backward pass too: the `.grad` it accumulates carries a graph and
+        can be differentiated again (second and higher derivatives). retain_graph defaults to it.
+        """
         if not self._requires_grad:
             raise RuntimeError("backward: this tensor does not require grad and has no grad_fn; "
                                "create the inputs with requires_grad=True")
-        autograd.run_backward([self], [autograd._seed(self, grad)], retain_graph=retain_graph)
+        create_graph, retain_graph = autograd.graph_flags("backward", retain_graph, create_graph)
+        autograd.run_backward([self], [autograd._seed(self, grad, create_graph)], retain_graph=retain_graph,
+                              create_graph=create_graph)
 
     # ----------------------------------------------------------------- python protocol
     def __repr__(self) -> str:

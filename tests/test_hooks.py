@@ -142,3 +142,48 @@ def test_full_backward_hook_can_replace_grad_input_and_sees_none_for_constants()
     first[0].register_full_backward_hook(lambda m, gi, go: seen.append(("first", gi, go)))
     first(tg.tensor(X)).sum().backward()  # a constant input: grad_input is (None,), as in PyTorch
     assert seen[-1][0] == "first" and seen[-1][1] == (None,) and seen[-1][2][0] is not None
+
+
+def test_post_accumulate_grad_hook_fires_as_soon_as_a_leafs_last_user_has_run():
+    # x -> a = tanh(W1 x) -> loss = sum(W2 a) + sum(x * 2): W2 is used last in the forward, so its
+    # gradient is final before W1's; x has two users and is final only after both.
+    live = autograd.accumulate_hooks.live
+    w1 = tg.tensor(W, requires_grad=True)
+    w2 = tg.tensor(np.array([[1.0, -2.0, 0.5]]), requires_grad=True)
+    x = tg.tensor(np.array([0.3, -0.7]), requires_grad=True)
+    order = []
+    handles = [t.register_post_accumulate_grad_hook(lambda t, name=name: order.append((name, t.grad.numpy())))
+               for name, t in (("w1", w1), ("w2", w2), ("x", x))]
+    a = (w1 @ x).tanh()
+    loss = (w2 @ a).sum() + (x * 2.0).sum()
+    loss.backward()
+    assert [name for name, _ in order] == ["w2", "w1", "x"]
+    # each hook saw the finished gradient, computed here by hand
+    pre = W @ [0.3, -0.7]
+    da = np.array([1.0, -2.0, 0.5]) * (1 - np.tanh(pre) ** 2)
+    np.testing.assert_allclose(order[0][1], np.tanh(pre)[None, :])
+    np.testing.assert_allclose(order[1][1], np.outer(da, [0.3, -0.7]))
+    np.testing.assert_allclose(order[2][1], W.T @ da + 2.0)
+    for handle in handles:
+        handle.remove()
+    assert autograd.accumulate_hooks.live == live
+    order.clear()
+    loss = (w2 @ (w1 @ x).tanh()).sum()
+    loss.backward()
+    assert order == []
+
+
+def test_post_accumulate_grad_hook_is_only_for_leaves_and_not_for_tg_grad():
+    x = tg.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    with pytest.raises(RuntimeError, match="register_post_accumulate_grad_hook: only a leaf"):
+        (x * 2.0).register_post_accumulate_grad_hook(lambda t: None)
+    with pytest.raises(RuntimeError, match="only a leaf"):
+        tg.tensor([1.0]).register_post_accumulate_grad_hook(lambda t: None)
+    with pytest.raises(TypeError, match="expected a function"):
+        x.register_post_accumulate_grad_hook(3)
+    calls = []
+    handle = x.register_post_accumulate_grad_hook(calls.append)
+    (gx,) = tg.grad((x * x).sum(), [x])
+    np.testing.assert_array_equal(gx.numpy(), [2.0, 4.0])
+    assert calls == [] and x.grad is None
+    handle.remove()
