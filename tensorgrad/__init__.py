@@ -4,7 +4,7 @@ from . import backend, data, graphs, nn, optim, training, viz
 from .autograd import detect_anomaly, enable_grad, grad, is_grad_enabled, no_grad
 from .backend import cuda_available, default_device, set_default_device
 from .functions import concatenate, exp, log, maximum, minimum, sigmoid, sqrt, stack, tanh, where
-from .gradcheck import GradcheckError, gradcheck
+from .gradcheck import GradcheckError, gradcheck, gradgradcheck
 from .random import manual_seed
 from .serialization import load, save
 from .tensor import (
@@ -33,7 +33,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Tensor", "tensor", "zeros", "ones", "full", "arange", "randn", "rand", "zeros_like", "ones_like",
     "from_dlpack", "manual_seed", "float16", "float32", "float64", "int32", "int64", "uint8", "bool_",
-    "no_grad", "enable_grad", "is_grad_enabled", "grad", "detect_anomaly", "gradcheck", "GradcheckError",
+    "no_grad", "enable_grad", "is_grad_enabled", "grad", "detect_anomaly", "gradcheck", "gradgradcheck",
+    "GradcheckError",
     "concatenate", "stack", "where", "maximum", "minimum", "exp", "log", "sqrt", "sigmoid", "tanh",
     "cuda_available", "default_device", "set_default_device", "backend", "data",
     "nn", "optim", "save", "load", "viz", "training", "graphs",
