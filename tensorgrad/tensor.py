@@ -290,14 +290,15 @@ class Tensor:
     def cuda(self) -> Tensor:
         return self.to("cuda")
 
-    def astype(self, dtype) -> Tensor:
+    def astype(self, dtype, copy: bool = False) -> Tensor:
+        """This tensor in `dtype`, in the graph; itself when it already is (a clone with copy=True)."""
         from .ops import shape as shape_ops
 
-        if dtype is self.data.dtype:  # the common no-op (losses align targets this way), checked first
+        if dtype is self.data.dtype and not copy:  # the common no-op (losses align targets this way)
             return self
         dtype = as_dtype(dtype, "astype")
         if dtype == self.data.dtype:
-            return self
+            return self.clone() if copy else self
         if dtype.kind != "f":  # integer and bool tensors never require grad: the cast leaves the graph
             return _wrap(checked_cast(self.data, dtype, "astype"))
         return autograd.apply(shape_ops.Cast(), self, dtype=dtype)

@@ -8,6 +8,7 @@ from .. import kernels
 from ..autograd import Node, like, unbroadcast
 from ..backend import array_module
 from .common import call_silently, cast, check_operand, describe, result_dtype, silent
+from .tensor_math import is_tensor, math_of
 
 
 def _fit(grad, like):
@@ -149,8 +150,9 @@ class Mul(_SavingBinary):
 
     @silent  # 0 * inf
     def backward(self, g):
-        ga = _fit(g * self.b, self.a) if self.needs_grad(0) else None
-        gb = _fit(g * self.a, self.b) if self.needs_grad(1) else None
+        a, b = self.inputs(g, self.a, self.b)
+        ga = _fit(g * b, a) if self.needs_grad(0) else None
+        gb = _fit(g * a, b) if self.needs_grad(1) else None
         return ga, gb
 
 
@@ -165,8 +167,9 @@ class Div(_SavingBinary):
 
     @silent  # g / 0, 0 / 0
     def backward(self, g):
-        ga = _fit(g / self.b, self.a) if self.needs_grad(0) else None
-        gb = _fit(-g * self.value / self.b, self.b) if self.needs_grad(1) else None
+        a, b = self.inputs(g, self.a, self.b)
+        ga = _fit(g / b, a) if self.needs_grad(0) else None
+        gb = _fit(-g * self.output(g) / b, b) if self.needs_grad(1) else None
         return ga, gb
 
 
@@ -205,27 +208,27 @@ class Pow(_SavingBinary):
 
     @silent  # 0 ** -1, log(0), overflow: nan/inf as in PyTorch
     def backward(self, g):
-        a, b = self.a, self.b
+        a, b = self.inputs(g, self.a, self.b)
+        xp = math_of(g)
         ga = gb = None
         if self.needs_grad(0):
             scalar_b = isinstance(b, (int, float))
             if scalar_b and b == 2:
                 ga = g * (2 * a)
             elif scalar_b and b == 0:
-                ga = array_module(g).zeros_like(a)
+                ga = xp.zeros_like(a)
             else:
                 ga = g * b * a ** (b - 1)
                 if not scalar_b:
                     # a ** 0 is the constant 1: its slope is 0 also at a = 0, where 0 * 0^-1 is nan
                     # (as PyTorch)
-                    ga = array_module(g).where(b == 0, 0, ga).astype(ga.dtype, copy=False)
-                ga = _fit(ga, self.a)
+                    ga = xp.where(self.b == 0, 0, ga).astype(ga.dtype, copy=False)
+                ga = _fit(ga, a)
         if self.needs_grad(1):
-            xp = array_module(g)
             # d(a^b)/db = a^b log a; where a == 0 and b >= 0 the limit is 0 (as PyTorch).
-            grad_b = g * self.value * xp.log(a)
-            grad_b = xp.where((a == 0) & (b >= 0), 0, grad_b).astype(grad_b.dtype, copy=False)
-            gb = _fit(grad_b, self.b)
+            grad_b = g * self.output(g) * xp.log(a)
+            grad_b = xp.where((self.a == 0) & (self.b >= 0), 0, grad_b).astype(grad_b.dtype, copy=False)
+            gb = _fit(grad_b, b)
         return ga, gb
 
 
@@ -244,8 +247,8 @@ class _Extreme(_SavingBinary):
         return xp.maximum(a, b) if self.largest else xp.minimum(a, b)
 
     def backward(self, g):
-        a, b = self.a, self.b
-        xp = array_module(g)
+        a, b = self.a, self.b  # only compared: the masks are constants in a differentiable backward too
+        xp = array_module(b if isinstance(a, (int, float)) else a)
         half, zero = g.dtype.type(0.5), g.dtype.type(0)
         tie_share = xp.where(a == b, half, g.dtype.type(1))
         a_lost, b_lost = ((a < b), (a > b)) if self.largest else ((a > b), (a < b))
@@ -301,11 +304,11 @@ class MatMul(Node):
                 None if gb is None else _fit(gb, like(pb)))
 
     def _promoted_grads(self, g):
-        a, b = self.a, self.b
+        a, b = self.inputs(g, self.a, self.b)
         if a.ndim == 2 and b.ndim == 2:  # the dense-layer case, without reshaping
-            k = kernels.for_array(g)
-            ga = k.matmul(g, b.T) if self.needs_grad(0) else None
-            gb = k.matmul(a.T, g) if self.needs_grad(1) else None
+            product = (lambda x, y: x @ y) if is_tensor(g) else kernels.for_array(g).matmul
+            ga = product(g, b.T) if self.needs_grad(0) else None
+            gb = product(a.T, g) if self.needs_grad(1) else None
             return ga, gb
         if a.ndim == 1 and b.ndim == 1:  # a dot product: g is 0-d (or a NumPy scalar), nothing to promote
             return (g * b if self.needs_grad(0) else None,
@@ -320,11 +323,18 @@ class MatMul(Node):
             g2 = g2[..., None]
         ga = gb = None
         if self.needs_grad(0):
-            ga = unbroadcast(g2 @ b2.swapaxes(-1, -2), a2.shape).reshape(a.shape)
+            ga = unbroadcast(g2 @ _transposed(b2), a2.shape).reshape(a.shape)
         if self.needs_grad(1):
-            gb = unbroadcast(a2.swapaxes(-1, -2) @ g2, b2.shape).reshape(b.shape)
+            gb = unbroadcast(_transposed(a2) @ g2, b2.shape).reshape(b.shape)
         return ga, gb
 
     def release(self):
         Node.release(self)
         self.a = self.b = None
+
+
+def _transposed(x):
+    """x with its last two axes swapped (arrays and Tensors alike)."""
+    axes = list(range(x.ndim))
+    axes[-2], axes[-1] = axes[-1], axes[-2]
+    return x.transpose(axes)

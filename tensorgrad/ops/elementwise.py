@@ -10,6 +10,7 @@ from .. import kernels
 from ..autograd import Node
 from ..backend import array_module
 from .common import silent
+from .tensor_math import is_tensor
 
 _FLOAT16, _FLOAT32 = np.dtype(np.float16), np.dtype(np.float32)
 
@@ -31,7 +32,7 @@ class Exp(Node):
 
     @silent  # 0 * inf where exp overflowed
     def backward(self, g):
-        return (g * self.value,)
+        return (g * self.output(g),)
 
 
 class Log(Node):
@@ -44,7 +45,8 @@ class Log(Node):
 
     @silent  # g / 0 = inf, 0 / 0 = nan, as in PyTorch
     def backward(self, g):
-        return (g / self.x,)
+        (x,) = self.inputs(g, self.x)
+        return (g / x,)
 
     def release(self):
         Node.release(self)
@@ -67,7 +69,7 @@ class Sqrt(Node):
 
     @silent  # g / 0 = inf, 0 / 0 = nan, as in PyTorch
     def backward(self, g):
-        return (g / (2 * self.value),)
+        return (g / (2 * self.output(g)),)
 
 
 class Abs(Node):
@@ -119,6 +121,8 @@ class Activation(Node):
         return kernels.for_array(x).activation_forward(kind, _contiguous(x), alpha)
 
     def backward(self, g):
+        if is_tensor(g):  # differentiable: the kernel's formula as recorded ops on y
+            return (g * activation_slope(self.kind, self.output(g), self.alpha),)
         y = self.value
         if y.dtype is _FLOAT16:  # in float32 from the float16 output, as PyTorch's half backward
             gx = kernels.for_array(g).activation_backward(self.kind, y.astype(_FLOAT32), g.astype(_FLOAT32),
@@ -127,6 +131,29 @@ class Activation(Node):
         # g may be a broadcast view (from sum/mean); the kernels walk memory linearly.
         g = _contiguous(g)
         return (kernels.for_array(g).activation_backward(self.kind, y, g, self.alpha),)
+
+
+def activation_slope(kind: str, y, alpha: float):
+    """f'(x) of each activation as a function of its output y (a Tensor): what the fused backward
+    kernels compute, written with ops so that it can be differentiated again. Where f' is piecewise
+    constant (relu, leaky_relu, the identity) it is a constant array. At NaN it is what the kernels
+    give: 1 for relu and elu, alpha for leaky_relu."""
+    if kind == "sigmoid":
+        return y * (1 - y)
+    if kind == "tanh":
+        return 1 - y * y
+    data = y.data
+    xp = array_module(data)
+    not_negative = ~(data <= 0)  # NaN counts as positive: the kernels' slope there is 1
+    if kind == "elu":
+        from .tensor_math import TENSOR_MATH
+
+        return TENSOR_MATH.where(not_negative, 1.0, y + alpha)
+    if kind == "relu":
+        return xp.where(not_negative, 1, 0).astype(data.dtype)
+    if kind == "leaky_relu":  # at NaN the alpha branch, as PyTorch (it tests x > 0)
+        return xp.where(data > 0, 1, alpha).astype(data.dtype)
+    return xp.ones_like(data)  # identity
 
 
 @silent  # a gradient beyond float16's range becomes inf, as in PyTorch

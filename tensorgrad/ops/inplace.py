@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..autograd import Node, like, unbroadcast
+from ..autograd import Node, apply, like, unbroadcast
 from ..backend import array_module
+from .tensor_math import is_tensor
 
 
 def _index_on_device(index, xp):
@@ -74,8 +75,11 @@ class SetItem(Node):
     def backward(self, g):
         gx = gv = None
         if self.needs_grad(0):
-            gx = g.copy()
-            gx[self.index] = 0
+            if is_tensor(g):  # g with the overwritten elements zeroed, recorded as this same op
+                gx = apply(SetItem(), g, 0, index=self.index)
+            else:
+                gx = g.copy()
+                gx[self.index] = 0
         if self.needs_grad(1):
             value = like(self.parents[1])
             gv = _sum_to(g[self.index], value.shape).astype(value.dtype, copy=False)

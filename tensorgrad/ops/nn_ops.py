@@ -14,9 +14,12 @@ import math
 import numpy as np
 
 from .. import kernels
-from ..autograd import Node, unbroadcast
+from ..autograd import Node, apply, unbroadcast
 from ..backend import array_module, quiet_numpy
 from .common import silent
+from .elementwise import activation_slope
+from .shape import Scatter
+from .tensor_math import is_tensor, math_of
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -144,6 +147,8 @@ class Linear(Node):
         return _narrowed(h, weight.dtype).reshape(out_shape)
 
     def backward(self, g):
+        if is_tensor(g):
+            return self._recorded_backward(g)
         out_features = g.shape[-1]
         dtype = self.value.dtype
         if g.size == 0 or self.in_shape[-1] == 0:
@@ -176,6 +181,21 @@ class Linear(Node):
             gw = k.matmul(g_pre.T, _widened(self.x) if half else self.x)
         if half:  # each gradient rounded to float16 once
             gx, gw, gb = (None if a is None else _narrowed(a, dtype) for a in (gx, gw, gb))
+        return gx, gw, gb
+
+    def _recorded_backward(self, g):
+        """The fused backward's formula as recorded ops (create_graph): f'(y) from y, then the two GEMMs
+        and the bias sum, each differentiable again."""
+        x, weight, bias = self.saved_inputs
+        out_features, in_features = weight.shape
+        rows = math.prod(self.in_shape[:-1])
+        g_pre = g.reshape(rows, out_features)
+        if self.kind != "identity":
+            y = self.output(g).reshape(rows, out_features)
+            g_pre = g_pre * activation_slope(self.kind, y, self.alpha)
+        gx = (g_pre @ weight).reshape(self.in_shape) if self.needs_grad(0) else None
+        gw = g_pre.T @ x.reshape(rows, in_features) if self.needs_grad(1) else None
+        gb = g_pre.sum(axis=0) if self.has_bias and self.needs_grad(2) else None
         return gx, gw, gb
 
     def _backward_empty(self, g, dtype):
@@ -232,11 +252,9 @@ class Softmax(Node):
 
     @silent
     def backward(self, g):
-        y = _widened(self.value)
+        y = _widened(self.output(g))
         dot = (_widened(g) * y).sum(axis=self.axis, keepdims=True)
-        gx = g - dot
-        gx *= y
-        return (_as_dtype(gx, self.value.dtype),)
+        return (_as_dtype((g - dot) * y, self.value.dtype),)
 
 
 class LogSoftmax(Node):
@@ -261,12 +279,9 @@ class LogSoftmax(Node):
 
     @silent
     def backward(self, g):
-        xp = array_module(g)
         dtype, g = g.dtype, _widened(g)
-        gx = xp.exp(_widened(self.value))
-        gx *= g.sum(axis=self.axis, keepdims=True)
-        xp.subtract(g, gx, out=gx)
-        return (_as_dtype(gx, dtype),)
+        softmax = math_of(g).exp(_widened(self.output(g)))
+        return (_as_dtype(g - softmax * g.sum(axis=self.axis, keepdims=True), dtype),)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,9 +321,23 @@ class SoftmaxCrossEntropy(Node):
         return loss
 
     def backward(self, g):
+        if is_tensor(g):
+            return self._recorded_backward(g), None
         g = _contiguous(_as_dtype(g, self.logits.dtype))
         return (kernels.for_array(self.logits).softmax_cross_entropy_backward(
             self.logits, self.target, self.row_max, self.row_sum, g, self.reduction), None)
+
+    def _recorded_backward(self, g):
+        """(softmax(logits) - onehot(target)) * upstream per row, as recorded ops (create_graph)."""
+        logits = self.saved_inputs[0]
+        rows = logits.shape[0]
+        xp = array_module(self.logits)
+        onehot = xp.zeros(self.logits.shape, dtype=self.logits.dtype)
+        onehot[xp.arange(rows), self.target] = 1
+        per_row = _spread(g.astype(self.logits.dtype), self.reduction, rows)
+        if per_row.ndim == 1:
+            per_row = per_row.reshape(rows, 1)
+        return (apply(Softmax(), logits, axis=1) - onehot) * per_row
 
     def release(self):
         Node.release(self)
@@ -344,12 +373,17 @@ class NLLLoss(Node):
 
     @silent
     def backward(self, g):
-        xp = array_module(g)
+        xp = array_module(self.target)
         n = self.shape[0]
-        grad = xp.zeros(self.shape, dtype=g.dtype)
-        grad[xp.arange(n), self.target] = -_as_dtype(_spread(_widened(g), self.reduction, n), g.dtype)
+        picked = -_as_dtype(_spread(_widened(g), self.reduction, n), g.dtype)
+        index = (xp.arange(n), self.target)
+        if is_tensor(g):  # the same scatter, recorded (create_graph)
+            grad = apply(Scatter(), math_of(g).broadcast_to(picked, (n,)), index=index, shape=self.shape)
+        else:
+            grad = xp.zeros(self.shape, dtype=g.dtype)
+            grad[index] = picked
         if self.bad is not None:
-            grad = xp.where(self.bad[:, None], xp.nan, grad).astype(g.dtype, copy=False)
+            grad = math_of(g).where(self.bad[:, None], xp.nan, grad).astype(g.dtype, copy=False)
         return grad, None
 
 
@@ -380,7 +414,12 @@ class MSELoss(Node):
         dtype = g.dtype
         half = dtype.itemsize == 2
         scale = _spread(_widened(g) if half else g, self.reduction, self.diff.size)
-        grad = self.diff * (2 * scale)
+        if is_tensor(g):  # the difference from the operands themselves, recorded (create_graph)
+            pred, target = self.saved_inputs
+            diff = _widened(pred) - _widened(target)
+        else:
+            diff = self.diff
+        grad = diff * (2 * scale)
         gp = gt = None
         if self.needs_grad(0):
             gp = unbroadcast(grad, self.shapes[0])
@@ -424,9 +463,9 @@ class BinaryCrossEntropy(Node):
 
     @silent
     def backward(self, g):
-        xp = array_module(g)
+        xp = math_of(g)
         dtype, g = g.dtype, _widened(g)
-        p, t = self.p, self.t
+        p, t = (_widened(a) for a in self.inputs(g, self.p, self.t))
         scale = _spread(g, self.reduction, p.size)
         gp = gt = None
         if self.needs_grad(0):
@@ -469,12 +508,16 @@ class BinaryCrossEntropyWithLogits(Node):
     @silent
     def backward(self, g):
         dtype, g = g.dtype, _widened(g)
-        z, t = self.z, self.t
+        z, t = (_widened(a) for a in self.inputs(g, self.z, self.t))
         scale = _spread(g, self.reduction, z.size)
         gz = gt = None
         if self.needs_grad(0):
-            gz = kernels.for_array(z).activation_forward("sigmoid", _contiguous(z))
-            gz = _as_dtype(array_module(gz).asarray(gz - t) * scale, dtype)
+            if is_tensor(g):
+                gz = z.sigmoid() - t
+            else:
+                gz = kernels.for_array(z).activation_forward("sigmoid", _contiguous(z))
+                gz = array_module(gz).asarray(gz - t)
+            gz = _as_dtype(gz * scale, dtype)
         if self.needs_grad(1):
             gt = _as_dtype(-z * scale, dtype)
         return gz, gt

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..autograd import Node
-from ..backend import array_module
 from .common import axis_index, silent
+from .tensor_math import math_of
 
 _FLOAT16, _FLOAT32, _INT64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.int64)
 
@@ -67,7 +67,7 @@ class Sum(_Reduction):
         return total.astype(_FLOAT16) if x.dtype is _FLOAT16 else total
 
     def backward(self, g):
-        return (array_module(g).broadcast_to(self._kept(g), self.in_shape),)
+        return (math_of(g).broadcast_to(self._kept(g), self.in_shape),)
 
 
 class Mean(_Reduction):
@@ -94,7 +94,7 @@ class Mean(_Reduction):
         count = 1
         for a in self.axes:
             count *= self.in_shape[a]
-        return (array_module(g).broadcast_to(self._kept(g) / count, self.in_shape),)
+        return (math_of(g).broadcast_to(self._kept(g) / count, self.in_shape),)
 
 
 class Extremum(_Reduction):

@@ -7,10 +7,11 @@ import reprlib
 import numpy as np
 
 from .. import backend
-from ..autograd import Node, like
+from ..autograd import Node, like, unbroadcast
 from ..backend import array_module
 from .arithmetic import _fit, _refusal, _shape_text, promoted
 from .common import axis_index, cast, check_operand, result_dtype, scalar_dtype, silent
+from .tensor_math import is_tensor, math_of
 
 
 class Reshape(Node):
@@ -65,7 +66,7 @@ class Transpose(Node):
     def backward(self, g):
         if self.axes is None:
             return (g.T,)
-        return (g.transpose(np.argsort(self.axes)),)
+        return (g.transpose(tuple(np.argsort(self.axes).tolist())),)
 
 
 def _list_index(index: list, shape: tuple):
@@ -107,14 +108,53 @@ class GetItem(Node):
                              f"{reprlib.repr(index)} ({exc})") from None
 
     def backward(self, g):
-        xp = array_module(g)
-        grad = xp.zeros(self.in_shape, dtype=g.dtype)
-        if _is_advanced(self.index):
+        if is_tensor(g):
+            from ..autograd import apply
+
+            return (apply(Scatter(), g, index=self.index, shape=self.in_shape),)
+        return (Scatter.compute(g, self.index, self.in_shape),)
+
+
+class Scatter(Node):
+    """Zeros of `shape` with g added at `index`: getitem's backward as an op of its own, whose backward
+    is getitem again, so that a differentiable backward through indexing is recorded."""
+
+    __slots__ = ("index",)
+    name = "scatter"
+    saves = False
+
+    @staticmethod
+    def compute(g, index, shape):
+        grad = array_module(g).zeros(shape, dtype=g.dtype)
+        if _is_advanced(index):
             # add.at accumulates repeated indices (x[[0, 0]] sends two gradients to x[0]).
-            backend.scatter_add(grad, self.index, g)
+            backend.scatter_add(grad, index, g)
         else:
-            grad[self.index] = g
-        return (grad,)
+            grad[index] = g
+        return grad
+
+    def forward(self, g, index, shape):
+        self.index = index
+        return self.compute(g, index, shape)
+
+    def backward(self, g):
+        return (g[self.index],)
+
+
+class BroadcastTo(Node):
+    """x broadcast to `shape` (a read-only view): the backward of sum and mean as an op of its own,
+    whose backward sums over the broadcast axes again."""
+
+    __slots__ = ("in_shape",)
+    name = "broadcast_to"
+    saves = False
+
+    def forward(self, x, shape):
+        self.in_shape = x.shape
+        return array_module(x).broadcast_to(x, shape)
+
+    def backward(self, g):
+        return (unbroadcast(g, self.in_shape),)
 
 
 class Concatenate(Node):
@@ -143,7 +183,7 @@ class Concatenate(Node):
 
     def backward(self, g):
         bounds = np.cumsum(self.sizes)[:-1].tolist()
-        return _fit_each(array_module(g).split(g, bounds, axis=self.axis), self.parents)
+        return _fit_each(math_of(g).split(g, bounds, axis=self.axis), self.parents)
 
 
 class Stack(Node):
@@ -161,7 +201,7 @@ class Stack(Node):
         return array_module(arrays[0]).stack(_common_dtype(arrays), axis=self.axis)
 
     def backward(self, g):
-        xp = array_module(g)
+        xp = math_of(g)
         return _fit_each([xp.take(g, i, axis=self.axis) for i in range(self.count)], self.parents)
 
 
@@ -217,7 +257,7 @@ class Where(Node):
 
     def backward(self, g):
         zero = g.dtype.type(0)
-        xp = array_module(g)
+        xp = math_of(g)
         _, pa, pb = self.parents
         ga = _fit(xp.where(self.cond, g, zero), like(pa)) if pa is not None else None
         gb = _fit(xp.where(self.cond, zero, g), like(pb)) if pb is not None else None
@@ -252,4 +292,4 @@ class ToDevice(Node):
         return backend.to_device(x, device)
 
     def backward(self, g):
-        return (backend.to_device(g, self.source),)
+        return (g.to(self.source) if is_tensor(g) else backend.to_device(g, self.source),)
