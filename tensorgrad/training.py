@@ -62,6 +62,7 @@ import numpy as np
 
 from tensorgrad import _checks, backend
 from tensorgrad.autograd import no_grad
+from tensorgrad.distributed import comm
 from tensorgrad.monitor import LayerMonitor, write_figure
 
 __all__ = ["fit", "evaluate", "History", "EarlyStopping", "load_checkpoint", "LayerMonitor"]
@@ -140,7 +141,10 @@ class History:
         layer against the optimizer step, log scale for the gradient and weight norms and the update
         ratio. Written atomically, like `plot`; returns the path. ImportError without matplotlib,
         ValueError when nothing was recorded (fit ran without monitor=LayerMonitor(...)).
+        In a data-parallel run only rank 0 draws; the other ranks return the path at once.
         """
+        if not comm.is_main_process():
+            return Path(path)
         from tensorgrad.monitor import plot_layers
 
         return plot_layers(self.layers, path, title=title, dpi=dpi)
@@ -152,8 +156,11 @@ class History:
         dotted line. Drawn with matplotlib's Agg canvas, so no display is needed and pyplot's global
         state is left alone; the file is written atomically. Returns the path written.
         Raises ImportError if matplotlib is missing (`pip install tensorgrad[plot]`), ValueError if no
-        epoch has been recorded.
+        epoch has been recorded. In a data-parallel run (a world of several ranks, see
+        tensorgrad.distributed) only rank 0 draws; the other ranks return the path at once.
         """
+        if not comm.is_main_process():
+            return Path(path)
         try:
             # import the top-level package first so a missing matplotlib is reported as such, even
             # when some of its submodules were imported earlier
@@ -257,6 +264,10 @@ def evaluate(model, loader: Iterable, loss_fn: Callable) -> tuple[float, float]:
     Accuracy is the fraction of samples whose largest output is the target class, for outputs of
     shape (N, C), C >= 2, and targets of class indices (N,) or class scores (N, C); NaN otherwise.
     Returns (loss, accuracy) as Python floats; (nan, nan) for a loader with no samples.
+
+    A loader sharded among the ranks of a data-parallel run (`DataLoader(..., shard=True)`) gives each
+    rank part of the data: the sums are then added up over all ranks (one collective, so every rank must
+    call evaluate), and every rank returns the figures of the whole data set.
     """
     _check_callable(model, "evaluate", "model")
     _check_callable(loss_fn, "evaluate", "loss_fn")
@@ -285,6 +296,10 @@ def evaluate(model, loader: Iterable, loss_fn: Callable) -> tuple[float, float]:
     finally:
         if was_training and hasattr(model, "train"):
             model.train()
+    if comm.world_or_none() is not None and getattr(loader, "world_size", 1) > 1:
+        total_loss, correct, seen, undefined = comm.reduce_host_values(
+            [total_loss, correct, seen, 0 if accuracy_defined else 1])
+        accuracy_defined = undefined == 0
     if seen == 0:
         return math.nan, math.nan
     accuracy = float(correct) / seen if accuracy_defined else math.nan
@@ -369,6 +384,14 @@ def fit(model, loss_fn: Callable, optimizer, train_loader: Iterable, val_loader:
     (epochs_done, steps and state_path tell where); a second SIGINT raises KeyboardInterrupt at once.
     The previous SIGINT handler is back in place when `fit` returns or raises.
 
+    Data-parallel (tensorgrad.distributed): with a `DistributedDataParallel` model or a sharded
+    train_loader in a world of several ranks, fit runs on every rank in step: after each backward it
+    calls `model.finish_gradient_synchronization()` (gradients averaged over ranks before clipping and
+    the step), the training loss and the validation figures are those of all ranks' samples, a Ctrl-C
+    or an on_epoch_end stop on any rank stops every rank after the same step, and only rank 0 prints,
+    draws the progress bar and writes the checkpoint and the state file (the other ranks' History
+    names the same paths).
+
     The loss of each batch stays on the device: it is summed there and read back once per epoch
     (and 4 times a second while a progress bar is shown), so a GPU is never made to wait per batch.
     """
@@ -436,10 +459,20 @@ def fit(model, loss_fn: Callable, optimizer, train_loader: Iterable, val_loader:
     loaders = {"train_loader": _stateful(train_loader),
                "val_loader": _stateful(val_loader) if val_loader is not train_loader else None}
     stopper = EarlyStopping(patience, min_delta)
-    bar_factory = _progress_bar_factory(progress, verbose)
     run = _Run(history=History(), stopper=stopper)
+    world = comm.world_or_none()
+    sync = getattr(model, "finish_gradient_synchronization", None)
+    run.sync = sync if callable(sync) else None
+    run.distributed = world is not None and (run.sync is not None
+                                             or getattr(train_loader, "world_size", 1) > 1)
+    run.quiet = run.distributed and world.rank != 0
+    if run.quiet:
+        verbose, progress = 0, False
+    bar_factory = _progress_bar_factory(progress, verbose)
     if resume is not None:
         _resume(resume, run, model, optimizer, scheduler, loaders, restore_best, epochs)
+        if run.quiet:  # rank 0 wrote the whole run's partial sums; the others start theirs from zero
+            run.loss_sum, run.samples = 0.0, 0
     history = run.history
     if monitor is not None:
         monitor.attach(history.layers)
@@ -451,7 +484,8 @@ def fit(model, loss_fn: Callable, optimizer, train_loader: Iterable, val_loader:
 
     def write_state(loader_states):
         if state is not None:
-            _save_state(state, run, model, optimizer, scheduler, loader_states, restore_best)
+            if not run.quiet:
+                _save_state(state, run, model, optimizer, scheduler, loader_states, restore_best)
             history.state_path = os.fspath(state)
 
     with _SigintGuard() as interrupt:
@@ -470,10 +504,17 @@ def fit(model, loss_fn: Callable, optimizer, train_loader: Iterable, val_loader:
                                     run, clip, interrupt, monitor)
             if not finished:
                 run.partial_seconds = time.perf_counter() - start
+                if run.distributed:  # the state holds the whole run's partial sums
+                    run.loss_sum, run.samples = comm.reduce_host_values([run.loss_sum, run.samples])
+                    run.samples = int(run.samples)
                 write_state(start_states)
                 history.stop_reason = "interrupted"
                 break
-            train_loss = float(run.loss_sum) / run.samples
+            if run.distributed:
+                loss_sum, samples = comm.reduce_host_values([run.loss_sum, run.samples])
+                train_loss = loss_sum / samples
+            else:
+                train_loss = float(run.loss_sum) / run.samples
             if validate is not None:
                 val_loss, val_acc = (float(v) for v in validate(model))
             else:
@@ -489,7 +530,8 @@ def fit(model, loss_fn: Callable, optimizer, train_loader: Iterable, val_loader:
                 if restore_best:
                     run.best_weights = _copy_state(weights)
                 if checkpoint is not None:
-                    _save_checkpoint(checkpoint, weights, epoch, val_loss, val_acc)
+                    if not run.quiet:
+                        _save_checkpoint(checkpoint, weights, epoch, val_loss, val_acc)
                     history.checkpoint = os.fspath(checkpoint)
             if scheduler is not None:
                 if steps_on_metric:
@@ -504,6 +546,9 @@ def fit(model, loss_fn: Callable, optimizer, train_loader: Iterable, val_loader:
                 print(_summary_line(epoch, epochs, history), file=sys.stderr, flush=True)
             # the callback hears of every finished epoch, also one that a Ctrl-C during it ends the run after
             callback_stops = on_epoch_end is not None and on_epoch_end(epoch, history) is True
+            if run.distributed:  # every rank stops after the same epoch, whichever rank asked
+                callback_stops = _any_rank(callback_stops)
+                interrupt.requested = _any_rank(interrupt.requested)
             if interrupt.requested:
                 history.stop_reason = "interrupted"
             elif callback_stops and epoch < epochs:
@@ -537,6 +582,14 @@ class _Run:
     best_val_accuracy: float = math.nan
     best_weights: dict | None = None
     cuda_seed: int | None = None
+    sync: Callable | None = None    # the model's finish_gradient_synchronization (data-parallel)
+    distributed: bool = False       # fit runs in step on every rank of a world of several
+    quiet: bool = False             # a rank other than 0 of such a run: no printing, no files
+
+
+def _any_rank(flag: bool) -> bool:
+    """Whether `flag` is true on some rank (a collective: every rank of the run calls it)."""
+    return comm.reduce_host_values([1.0 if flag else 0.0], "max")[0] > 0
 
 
 class _SigintGuard:
@@ -596,6 +649,8 @@ def _train_epoch(model, loss_fn, optimizer, loader, epoch: int, epochs: int, bar
             loss = loss_fn(model(xb), yb)
             optimizer.zero_grad()
             loss.backward()
+            if run.sync is not None:
+                run.sync()
             if clip is not None:
                 clip()
             recording = monitor is not None and monitor.records(run.step + 1)
@@ -614,6 +669,8 @@ def _train_epoch(model, loss_fn, optimizer, loader, epoch: int, epochs: int, bar
                     bar.set_postfix_str(f"loss={float(run.loss_sum) / run.samples:.4f}", refresh=False)
                     next_postfix = now + _POSTFIX_INTERVAL_S
                 bar.update(n)
+            if run.distributed:  # every rank ends the epoch after the same step, whichever one was signalled
+                interrupt.requested = _any_rank(interrupt.requested)
             if interrupt.requested:
                 return False
     finally:
@@ -773,6 +830,9 @@ def _resume(path, run: _Run, model, optimizer, scheduler, loaders: dict, restore
 
 def _samples_in(loader) -> int | None:
     """Samples per epoch for the progress bar's total; None when the loader cannot tell."""
+    per_epoch = getattr(loader, "samples_per_epoch", None)
+    if isinstance(per_epoch, int):
+        return per_epoch
     num = getattr(loader, "num_samples", None)
     if num is None:
         return None

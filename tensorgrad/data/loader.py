@@ -30,6 +30,17 @@ class DataLoader:
     host generator, so `tg.manual_seed(...)` makes the orders reproducible, as in PyTorch.
     device: 'cpu' or 'cuda' (default: tensorgrad's default device).
 
+    shard: split every batch among the ranks of a data-parallel run (tensorgrad.distributed): True for
+    this process's rank in the world `tensorgrad.distributed.init()` joins, or an explicit
+    `(rank, world_size)`; False (default) for the whole data set. A sharded loader with batch_size b
+    on world_size ranks yields, as its batch j, the rank's share of batch j of the unsharded loader
+    with batch_size b * world_size and the same seed: the samples at positions rank, rank + world_size,
+    rank + 2 * world_size, ... of that batch. Together the ranks see exactly the global batches one
+    process sees, in the same order every epoch (every rank draws the same permutation). Every rank
+    gets the same number of batches: a last global batch with fewer samples than ranks is left out
+    (as with drop_last); a smaller last one gives some ranks one sample more than others. With
+    shard=True and seed=None the seed is drawn on rank 0 and sent to all ranks.
+
     `state_dict()` / `load_state_dict(sd)` save and restore the shuffle generator, so that a resumed
     training run visits the samples in the orders the uninterrupted run would have: each `iter(loader)`
     draws the next order, so a state taken between epochs gives the next epoch's order.
@@ -39,7 +50,7 @@ class DataLoader:
     """
 
     def __init__(self, dataset_or_arrays, batch_size: int, shuffle: bool = False, drop_last: bool = False,
-                 seed: int | None = None, device=None):
+                 seed: int | None = None, device=None, shard=False):
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
             raise TypeError(f"DataLoader: expected an int batch_size, got {type(batch_size).__name__} "
                             f"{batch_size!r:.60}")
@@ -51,39 +62,62 @@ class DataLoader:
         if seed is not None:
             seed = _checks.integer(seed, "DataLoader", "seed", low=0)  # NumPy's generators take no negatives
         self.device = _checks.device(device, "DataLoader")
+        self.rank, self.world_size = _shard_of(shard)
+        if seed is None and self.shuffle and self.world_size > 1 and shard is not True:
+            raise ValueError(f"DataLoader: shard={shard!r} needs a seed, the same on every rank, so that all "
+                             "ranks draw the same orders (shard=True sends rank 0's)")
         arrays = _collect_arrays(dataset_or_arrays)
         self.arrays = tuple(backend.to_device(a, self.device) for a in arrays)
         if seed is None:
             from tensorgrad.random import host_generator
             seed = int(host_generator().integers(2**63))
+            if shard is True and self.world_size > 1:
+                from tensorgrad.distributed.comm import broadcast_array, init
+
+                box = np.array([seed], dtype=np.int64)
+                broadcast_array(init(), box, 0, "DataLoader")
+                seed = int(box[0])
         self.rng = np.random.default_rng(seed)
 
     @property
     def num_samples(self) -> int:
         return len(self.arrays[0])
 
+    @property
+    def global_batch_size(self) -> int:
+        """Samples per batch over all ranks: batch_size * world_size (batch_size when not sharded)."""
+        return self.batch_size * self.world_size
+
     def __len__(self) -> int:
-        """Number of batches per epoch."""
-        full, rest = divmod(self.num_samples, self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
+        """Number of batches per epoch (the same on every rank)."""
+        full, rest = divmod(self.num_samples, self.global_batch_size)
+        return full + (1 if rest >= self.world_size and not self.drop_last else 0)
+
+    @property
+    def samples_per_epoch(self) -> int:
+        """Samples this loader yields per epoch (this rank's share when sharded)."""
+        full, rest = divmod(self.num_samples, self.global_batch_size)
+        last = len(range(self.rank, rest, self.world_size)) if len(self) > full else 0
+        return full * self.batch_size + last
 
     def __iter__(self):
         # the batch arrays already live on self.device, so the no-copy, no-check constructor is safe
         from tensorgrad.tensor import _wrap
 
-        n, size = self.num_samples, self.batch_size
-        stop = n - n % size if self.drop_last else n
+        n, size, step = self.num_samples, self.global_batch_size, self.world_size
         xp = backend.xp_for(self.device)
         if self.shuffle:
             # drawn on the host so a seed means the same order on every device; one copy of
             # the indices per epoch, not per batch
             order = xp.asarray(self.rng.permutation(n))
-        for start in range(0, stop, size):
+        for start in range(0, len(self) * size, size):
+            stop = min(start + size, n)
+            # this rank's strided share of the global batch (all of it when not sharded)
+            mine = slice(start + self.rank, stop, step)
             if self.shuffle:
-                index = order[start:start + size]
-                batch = [xp.take(a, index, axis=0) for a in self.arrays]
+                batch = [xp.take(a, order[mine], axis=0) for a in self.arrays]
             else:
-                batch = [a[start:start + size].copy() for a in self.arrays]
+                batch = [a[mine].copy() for a in self.arrays]
             yield tuple(_wrap(b) for b in batch)
 
     def state_dict(self) -> dict:
@@ -105,8 +139,26 @@ class DataLoader:
 
     def __repr__(self) -> str:
         shapes = ", ".join(str(tuple(a.shape)) for a in self.arrays)
+        shard = f", shard=({self.rank}, {self.world_size})" if self.world_size > 1 else ""
         return (f"DataLoader({shapes}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
-                f"drop_last={self.drop_last}, device={self.device!r}): {len(self)} batches")
+                f"drop_last={self.drop_last}, device={self.device!r}{shard}): {len(self)} batches")
+
+
+def _shard_of(shard) -> tuple[int, int]:
+    """(rank, world_size) for the DataLoader's shard argument."""
+    if shard is False or shard is None:
+        return 0, 1
+    if shard is True:
+        from tensorgrad.distributed.comm import init
+
+        world = init()
+        return world.rank, world.size
+    if (isinstance(shard, tuple) and len(shard) == 2
+            and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in shard)
+            and shard[1] >= 1 and 0 <= shard[0] < shard[1]):
+        return int(shard[0]), int(shard[1])
+    raise ValueError(f"DataLoader: expected shard to be False, True or a (rank, world_size) tuple of ints "
+                     f"with 0 <= rank < world_size, got {shard!r:.60}")
 
 
 def _collect_arrays(data) -> tuple:
