@@ -8,8 +8,10 @@ gradient it computes can be differentiated again. One formula, two modes.
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import autograd
-from ..backend import array_module
+from ..backend import array_module, quiet_numpy
 
 
 def math_of(g):
@@ -36,11 +38,11 @@ class _TensorMath:
 
     @staticmethod
     def exp(x):
-        return x.exp()
+        return x.exp() if type(x) is autograd.Tensor else _number(np.exp, x)
 
     @staticmethod
-    def log(x):
-        return x.log()
+    def log(x):  # a Python number too: the log of a scalar base in pow's backward
+        return x.log() if type(x) is autograd.Tensor else _number(np.log, x)
 
     @staticmethod
     def log1p(x):
@@ -80,6 +82,12 @@ class _TensorMath:
     @staticmethod
     def asarray(x):
         return x
+
+
+def _number(ufunc, x) -> float:
+    """ufunc of a Python number as a Python float; log(0) = -inf and log(-1) = nan silently, as the ops."""
+    with quiet_numpy():
+        return float(ufunc(x))
 
 
 TENSOR_MATH = _TensorMath()
