@@ -30,6 +30,15 @@ checkpoint (--state to choose). Ctrl-C finishes the current step, writes it, pri
 and exits with status 130; the same command line plus `--resume training_state.npz` then ends exactly
 where the uninterrupted run would have (--epochs is the total, not the number still to run).
 
+Data-parallel on several processes (tensorgrad.distributed; `pip install tensorgrad[distributed]`):
+
+    mpiexec -n 2 python examples/mnist_mlp.py
+
+Under an MPI launcher the run is data-parallel by itself (--distributed asks for it outright): every
+rank holds the model, takes its share of each batch of --batch-size samples (the global batch), and
+the gradients are averaged across ranks during backward, so the run trains as the single process
+does on the same batches. Only rank 0 prints and writes the checkpoint, state and plot.
+
 Every option is checked before any data is read: a bad one is one `error:` line and exit status 2.
 Run with --help for every option.
 """
@@ -119,6 +128,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="rescale the gradients so that their total 2-norm is at most X (> 0) before every "
                         "step (default: no clipping)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the ranks of an MPI launch (automatic under mpiexec); "
+                        "--batch-size is the global batch, split evenly among the ranks")
     args = p.parse_args(argv)
     for name, value in DEFAULTS[args.dataset].items():
         if getattr(args, name) is None:
@@ -327,13 +339,42 @@ def interrupted_elsewhere(state: str, started: float) -> str:
     return "interrupted before the first epoch ended; no training state written"
 
 
+def join_world(args):
+    """The data-parallel World when asked (--distributed) or launched by mpiexec, else None."""
+    if not (args.distributed or launched_by_mpi()):
+        return None
+    try:
+        import tensorgrad.distributed as dist
+
+        world = dist.init()
+    except RuntimeError as exc:  # launched by mpiexec without mpi4py
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if args.batch_size % world.size:
+        if world.rank == 0:
+            print(f"error: --batch-size: {args.batch_size} samples cannot be split evenly among "
+                  f"{world.size} ranks; expected a multiple of {world.size}", file=sys.stderr)
+        sys.exit(2)
+    return world
+
+
+def launched_by_mpi() -> bool:
+    from tensorgrad.distributed import launched_by_mpi as launched
+
+    return launched()
+
+
 def train(args) -> int:
     start = time.perf_counter()
     device = args.device
+    world = join_world(args)
+    main_rank = world is None or world.rank == 0
+    # only rank 0 talks: the other ranks run the same steps in silence
+    say = print if main_rank else (lambda *a, **k: None)
     try:
         X_train, y_train, X_test, y_test, source = load_data(args)
     except (FileNotFoundError, RuntimeError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", file=sys.stderr)
         return 1
 
     # the validation slice is a seeded random part of the training data, never of the test data
@@ -341,13 +382,17 @@ def train(args) -> int:
     n_val = max(1, round(args.val_fraction * len(X_train)))
     val, train = order[:n_val], order[n_val:]
     classes = int(max(y_train.max(), y_test.max())) + 1
-    print(f"device: {describe_device(device)}")
-    print(f"data: {source}; train {len(train):,}, validation {n_val:,}, test {len(X_test):,}")
+    say(f"device: {describe_device(device)}")
+    say(f"data: {source}; train {len(train):,}, validation {n_val:,}, test {len(X_test):,}")
 
-    train_loader = tg.data.DataLoader((X_train[train], y_train[train]), batch_size=args.batch_size,
-                                      shuffle=True, seed=args.seed, device=device)
-    val_loader = tg.data.DataLoader((X_train[val], y_train[val]), batch_size=1024, device=device)
-    test_loader = tg.data.DataLoader((X_test, y_test), batch_size=1024, device=device)
+    # data-parallel: each rank takes its share of every global batch, and of the evaluation data
+    # (evaluate adds the ranks' sums up)
+    ranks = 1 if world is None else world.size
+    shard = world is not None
+    train_loader = tg.data.DataLoader((X_train[train], y_train[train]), batch_size=args.batch_size // ranks,
+                                      shuffle=True, seed=args.seed, device=device, shard=shard)
+    val_loader = tg.data.DataLoader((X_train[val], y_train[val]), batch_size=1024, device=device, shard=shard)
+    test_loader = tg.data.DataLoader((X_test, y_test), batch_size=1024, device=device, shard=shard)
 
     tg.manual_seed(args.seed)
     # initialised on the host, then moved: the same seed gives the same starting weights on every device
@@ -362,21 +407,29 @@ def train(args) -> int:
     if args.resume is not None:
         mismatch = resume_mismatch(args.resume, model)
         if mismatch:
-            print(f"error: --resume: {mismatch}", file=sys.stderr)
+            say(f"error: --resume: {mismatch}", file=sys.stderr)
             return 2
+    if world is not None:
+        import tensorgrad.distributed as dist
+
+        # the optimizer holds the same Parameters: the wrapper averages their gradients in backward
+        model = dist.DistributedDataParallel(model)
     sizes = "-".join(str(n) for n in [X_train.shape[1], *args.hidden, classes])
-    print(f"model: {sizes} {args.activation} MLP; SGD lr {args.lr}, momentum {args.momentum}, "
-          f"weight decay {args.weight_decay} (weights only), batch {args.batch_size}")
+    say(f"model: {sizes} {args.activation} MLP; SGD lr {args.lr}, momentum {args.momentum}, "
+        f"weight decay {args.weight_decay} (weights only), batch {args.batch_size}")
+    if world is not None:
+        say(f"data-parallel: {world.size} ranks (MPI), {args.batch_size // world.size} samples each "
+            "per batch")
     if scheduler is not None:
-        print(f"schedule: {args.scheduler} ({describe_schedule(args)})")
+        say(f"schedule: {args.scheduler} ({describe_schedule(args)})")
     if args.clip_grad_norm is not None:
-        print(f"gradient clipping: total 2-norm at most {args.clip_grad_norm}")
+        say(f"gradient clipping: total 2-norm at most {args.clip_grad_norm}")
     if args.resume is not None:
-        print(f"resuming from {args.resume}")
+        say(f"resuming from {args.resume}")
 
     # a bar only where a person watches (stderr a terminal); the epoch lines are the report below, on
     # stdout with the best-epoch mark, so fit prints none of its own (verbose=0) and a log gets each once
-    progress = not args.no_progress and sys.stderr.isatty()
+    progress = main_rank and not args.no_progress and sys.stderr.isatty()
     if progress:
         try:
             import tqdm  # noqa: F401
@@ -386,7 +439,7 @@ def train(args) -> int:
 
     def report(epoch, history):
         saved = "  * best, saved" if history.best_epoch == epoch else ""
-        print(f"epoch {epoch:3d}/{args.epochs}  train loss {history.train_loss[-1]:.4f}  "
+        say(f"epoch {epoch:3d}/{args.epochs}  train loss {history.train_loss[-1]:.4f}  "
               f"val loss {history.val_loss[-1]:.4f}  val acc {100 * history.val_accuracy[-1]:6.2f}%  "
               f"{history.seconds[-1]:6.2f} s{saved}", flush=True)
 
@@ -395,23 +448,23 @@ def train(args) -> int:
                   on_epoch_end=report, scheduler=scheduler, clip_grad_norm=args.clip_grad_norm,
                   state=args.state, resume=args.resume, verbose=0)
     if history.stop_reason == "interrupted":
-        print(f"interrupted after epoch {history.epochs_done}, step {history.steps}; "
-              f"resume with --resume {history.state_path}", file=sys.stderr)
+        say(f"interrupted after epoch {history.epochs_done}, step {history.steps}; "
+            f"resume with --resume {history.state_path}", file=sys.stderr)
         return 130
     if history.stop_reason == "early_stopping":
-        print(f"early stop: no better validation loss for {args.patience} epochs")
+        say(f"early stop: no better validation loss for {args.patience} epochs")
 
     test_loss, test_acc = evaluate(model, test_loader, F.cross_entropy)
     correct = round(test_acc * len(X_test))
-    print(f"best epoch {history.best_epoch} (val loss {history.best_val_loss:.4f}), weights saved to "
-          f"{args.checkpoint}; training state in {args.state}")
-    print(f"test accuracy: {100 * test_acc:.2f}% ({correct}/{len(X_test)}), test loss {test_loss:.4f}")
+    say(f"best epoch {history.best_epoch} (val loss {history.best_val_loss:.4f}), weights saved to "
+        f"{args.checkpoint}; training state in {args.state}")
+    say(f"test accuracy: {100 * test_acc:.2f}% ({correct}/{len(X_test)}), test loss {test_loss:.4f}")
     try:
         history.plot(args.plot, title=f"{sizes} MLP on {args.dataset}")
-        print(f"loss curves: {args.plot}")
+        say(f"loss curves: {args.plot}")
     except ImportError as exc:
-        print(f"no plot: {exc}", file=sys.stderr)
-    print(f"total time: {time.perf_counter() - start:.1f} s")
+        say(f"no plot: {exc}", file=sys.stderr)
+    say(f"total time: {time.perf_counter() - start:.1f} s")
     return 0
 
 

@@ -210,6 +210,10 @@ class DistributedDataParallel(Module):
         no longer any parameter's gradient once backward has written new ones (the gradient of a
         parameter that got none this step is zeroed here)."""
         first = bucket.params[0].data
+        if first.dtype != bucket.dtype:
+            raise RuntimeError(f"DistributedDataParallel: a parameter's dtype changed from {bucket.dtype} "
+                               f"to {first.dtype} after wrapping; cast the model (.to(dtype)) before "
+                               "wrapping it")
         xp = backend.array_module(first)
         count = len(bucket.params)
         buffer = bucket.buffer
