@@ -1,0 +1,983 @@
+"""Higher-order gradients: with create_graph=True the backward pass is recorded, so gradients are tensors
+with a graph of their own that can be differentiated again, to any order.
+
+(a) every differentiable op passes tg.gradgradcheck (finite differences of its first derivative) and
+    its second derivatives match PyTorch's double backward on the same inputs and directions;
+(b) Hessian-vector products of a small MLP's loss against PyTorch and against finite differences of
+    the gradient;
+(c) third (and higher) derivatives of scalar functions, against their closed forms;
+(d) the lecture's homework f = exp(-(t0 x0 + t1 x1^2 + t2 x2^3)): gradient and Hessian by hand;
+(e) create_graph semantics: grads require grad, retain_graph's default, `.grad` accumulation, a
+    gradient penalty, no graph without create_graph, integer operands;
+(f) first-order behaviour is unchanged;
+(g) examples/higher_order.py: Newton's method and a Hessian-vector product against hand values.
+
+Every expected number is computed independently of tensorgrad: finite differences, closed forms
+written out here, or PyTorch in float64. The PyTorch parts skip cleanly where torch is not installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tensorgrad as tg
+from tensorgrad.nn import functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# float64 throughout: the two libraries run the same formulas up to rounding
+TORCH_RTOL, TORCH_ATOL = 1e-9, 1e-12
+
+
+@pytest.fixture(scope="module")
+def torch():
+    return pytest.importorskip("torch")
+
+
+def leaf(values) -> tg.Tensor:
+    return tg.tensor(np.asarray(values, dtype=np.float64), requires_grad=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the two libraries behind one small interface, so each case is written once
+
+
+class TgLib:
+    def leaf(self, a):
+        return tg.tensor(np.array(a, dtype=np.float64), requires_grad=True)
+
+    def const(self, a):
+        return tg.tensor(a)
+
+    def numpy(self, t):
+        return t.numpy()
+
+    def requires_grad(self, t):
+        return t.requires_grad
+
+    def grad(self, outputs, inputs, grad_outputs, create_graph=False):
+        return list(tg.grad(outputs, inputs, grad_outputs=grad_outputs, create_graph=create_graph))
+
+    def exp(self, x): return x.exp()
+    def log(self, x): return x.log()
+    def sqrt(self, x): return x.sqrt()
+    def abs(self, x): return abs(x)
+    def sigmoid(self, x): return x.sigmoid()
+    def tanh(self, x): return x.tanh()
+    def relu(self, x): return x.relu()
+    def f_sigmoid(self, x): return F.sigmoid(x)
+    def f_tanh(self, x): return F.tanh(x)
+    def f_relu(self, x): return F.relu(x)
+    def leaky_relu(self, x, slope): return F.leaky_relu(x, slope)
+    def elu(self, x, alpha): return F.elu(x, alpha)
+    def maximum(self, a, b): return tg.maximum(a, b)
+    def minimum(self, a, b): return tg.minimum(a, b)
+    def sum(self, x, axis=None, keepdims=False): return x.sum(axis=axis, keepdims=keepdims)
+    def mean(self, x, axis=None, keepdims=False): return x.mean(axis=axis, keepdims=keepdims)
+    def max(self, x, axis=None, keepdims=False): return x.max(axis=axis, keepdims=keepdims)
+    def min(self, x, axis=None, keepdims=False): return x.min(axis=axis, keepdims=keepdims)
+    def reshape(self, x, shape): return x.reshape(shape)
+    def transpose(self, x, axes=None): return x.transpose(axes) if axes else x.T
+    def index(self, x, index): return x[index]
+    def cat(self, xs, axis): return tg.concatenate(xs, axis=axis)
+    def stack(self, xs, axis): return tg.stack(xs, axis=axis)
+    def where(self, cond, a, b): return tg.where(tg.tensor(cond), a, b)
+    def to32(self, x): return x.astype(tg.float32)
+    def to64(self, x): return x.astype(tg.float64)
+    def clone(self, x): return x.clone()
+
+    def setitem(self, x, index, value):
+        y = x.clone()
+        y[index] = value
+        return y
+
+    def linear(self, x, weight, bias, kind, alpha):
+        return F.linear(x, weight, bias, activation=kind, alpha=alpha)
+
+    def softmax(self, x, axis): return F.softmax(x, axis=axis)
+    def log_softmax(self, x, axis): return F.log_softmax(x, axis=axis)
+    def cross_entropy(self, z, target, reduction): return F.cross_entropy(z, target, reduction=reduction)
+    def nll_loss(self, logp, target, reduction): return F.nll_loss(logp, target, reduction=reduction)
+    def mse_loss(self, a, b, reduction): return F.mse_loss(a, b, reduction=reduction)
+    def bce(self, p, t, reduction): return F.binary_cross_entropy(p, t, reduction=reduction)
+    def bce_logits(self, z, t, reduction):
+        return F.binary_cross_entropy_with_logits(z, t, reduction=reduction)
+
+    def dropout(self, x, p, mask, seed):
+        tg.manual_seed(seed)  # the same mask on every call, finite differences included
+        return F.dropout(x, p)
+
+
+class TorchLib:
+    def __init__(self, torch):
+        self.torch = torch
+        self.F = torch.nn.functional
+
+    def leaf(self, a):
+        return self.torch.tensor(np.array(a, dtype=np.float64), requires_grad=True)
+
+    def const(self, a):
+        return self.torch.tensor(a)
+
+    def numpy(self, t):
+        return t.detach().numpy()
+
+    def requires_grad(self, t):
+        return t.requires_grad
+
+    def grad(self, outputs, inputs, grad_outputs, create_graph=False):
+        return list(self.torch.autograd.grad(outputs, inputs, grad_outputs=grad_outputs,
+                                             create_graph=create_graph, allow_unused=True))
+
+    def exp(self, x): return x.exp()
+    def log(self, x): return x.log()
+    def sqrt(self, x): return x.sqrt()
+    def abs(self, x): return x.abs()
+    def sigmoid(self, x): return x.sigmoid()
+    def tanh(self, x): return x.tanh()
+    def relu(self, x): return x.relu()
+    def f_sigmoid(self, x): return self.torch.sigmoid(x)
+    def f_tanh(self, x): return self.torch.tanh(x)
+    def f_relu(self, x): return self.F.relu(x)
+    def leaky_relu(self, x, slope): return self.F.leaky_relu(x, slope)
+    def elu(self, x, alpha): return self.F.elu(x, alpha)
+
+    def _other(self, b, like):
+        return b if isinstance(b, self.torch.Tensor) else self.torch.full_like(like, b)
+
+    def maximum(self, a, b): return self.torch.maximum(a, self._other(b, a))
+    def minimum(self, a, b): return self.torch.minimum(a, self._other(b, a))
+
+    @staticmethod
+    def _dims(x, axis):
+        return tuple(range(x.ndim)) if axis is None else axis
+
+    def sum(self, x, axis=None, keepdims=False): return x.sum(dim=self._dims(x, axis), keepdim=keepdims)
+    def mean(self, x, axis=None, keepdims=False): return x.mean(dim=self._dims(x, axis), keepdim=keepdims)
+    def max(self, x, axis=None, keepdims=False): return x.amax(dim=self._dims(x, axis), keepdim=keepdims)
+    def min(self, x, axis=None, keepdims=False): return x.amin(dim=self._dims(x, axis), keepdim=keepdims)
+    def reshape(self, x, shape): return x.reshape(shape)
+    def transpose(self, x, axes=None): return x.permute(*(axes or reversed(range(x.ndim))))
+
+    def _index(self, index):
+        if isinstance(index, np.ndarray):
+            return self.torch.tensor(index)
+        if isinstance(index, tuple):
+            return tuple(self._index(i) for i in index)
+        return index
+
+    def index(self, x, index): return x[self._index(index)]
+    def cat(self, xs, axis): return self.torch.cat(xs, dim=axis)
+    def stack(self, xs, axis): return self.torch.stack(xs, dim=axis)
+    def where(self, cond, a, b): return self.torch.where(self.torch.tensor(cond), a, b)
+    def to32(self, x): return x.to(self.torch.float32)
+    def to64(self, x): return x.to(self.torch.float64)
+    def clone(self, x): return x.clone()
+
+    def setitem(self, x, index, value):
+        y = x.clone()
+        y[self._index(index)] = value
+        return y
+
+    def linear(self, x, weight, bias, kind, alpha):
+        y = self.F.linear(x, weight, bias)
+        return {"identity": lambda: y, "relu": lambda: self.F.relu(y), "sigmoid": lambda: y.sigmoid(),
+                "tanh": lambda: y.tanh(), "leaky_relu": lambda: self.F.leaky_relu(y, alpha),
+                "elu": lambda: self.F.elu(y, alpha)}[kind]()
+
+    def softmax(self, x, axis): return self.F.softmax(x, dim=axis)
+    def log_softmax(self, x, axis): return self.F.log_softmax(x, dim=axis)
+
+    def _target(self, target):
+        return self.torch.tensor(target) if isinstance(target, np.ndarray) else target
+
+    def cross_entropy(self, z, target, reduction):
+        return self.F.cross_entropy(z, self._target(target), reduction=reduction)
+
+    def nll_loss(self, logp, target, reduction):
+        return self.F.nll_loss(logp, self._target(target), reduction=reduction)
+
+    def mse_loss(self, a, b, reduction): return self.F.mse_loss(a, self._target(b), reduction=reduction)
+    def bce(self, p, t, reduction):
+        return self.F.binary_cross_entropy(p, self._target(t), reduction=reduction)
+
+    def bce_logits(self, z, t, reduction):
+        return self.F.binary_cross_entropy_with_logits(z, self._target(t), reduction=reduction)
+
+    def dropout(self, x, p, mask, seed):
+        return x * self.torch.tensor(mask)
+
+
+TG = TgLib()
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) the cases: one per op and form, on random float64 inputs away from kinks and ties
+
+
+class Case:
+    """fn(lib, *leaves) -> output, run by both libraries on leaves made from `arrays`.
+
+    gradgradcheck: extra keyword arguments for tg.gradgradcheck; tolerance: (rtol, atol) against torch.
+    """
+
+    def __init__(self, name, fn, *arrays, gradgradcheck=None, tolerance=(TORCH_RTOL, TORCH_ATOL)):
+        self.name, self.fn, self.arrays = name, fn, arrays
+        self.gradgradcheck = gradgradcheck or {}
+        self.tolerance = tolerance
+
+
+_draw = np.random.default_rng(20260529)
+
+
+def normal(*shape):
+    return _draw.standard_normal(shape)
+
+
+def away(*shape, low=0.3, high=1.5):
+    """Values with |v| in [low, high] and random signs: clear of the kinks at 0 (relu, abs...)."""
+    return _draw.uniform(low, high, shape) * _draw.choice([-1.0, 1.0], shape)
+
+
+def positive(*shape, low=0.5, high=2.0):
+    return _draw.uniform(low, high, shape)
+
+
+def distinct(*shape, gap=0.05):
+    """A shuffled ladder of values at least `gap` apart: no ties for max/min, and the winners stay put
+    under the finite differences' steps."""
+    size = math.prod(shape)
+    values = (np.arange(size) - size / 2) * gap * 7 + _draw.uniform(0, gap, size)
+    return _draw.permutation(values).reshape(shape)
+
+
+def probabilities(*shape):
+    return _draw.uniform(0.1, 0.9, shape)
+
+
+def sq(t):
+    """Squaring after a linear op makes its second derivative with respect to its own input non-zero,
+    so that the op's backward formula is itself differentiated (not only its dependence on the
+    upstream gradient)."""
+    return t * t
+
+
+def _activation_cases():
+    cases = []
+    for kind, alpha in (("identity", 0.0), ("relu", 0.0), ("sigmoid", 0.0), ("tanh", 0.0),
+                        ("leaky_relu", 0.1), ("elu", 1.3)):
+        for bias in (True, False):
+            for batch in ((3,), (2, 3)):
+                x, w, b = away(*batch, 4), normal(5, 4) * 0.5, normal(5) * 0.1
+                # kinks of relu / leaky_relu / elu sit at a pre-activation of 0: keep clear of them
+                while kind != "identity" and np.abs(x @ w.T + (b if bias else 0)).min() < 0.05:
+                    x = away(*batch, 4)
+                name = f"linear-{kind}-{'bias' if bias else 'nobias'}-{len(batch) + 1}d"
+                # squared after identity/relu/leaky_relu, whose second derivative is zero on its own
+                post = sq if kind in ("identity", "relu", "leaky_relu") else (lambda t: t)
+                if bias:
+                    cases.append(Case(name, lambda L, x, w, b, kind=kind, alpha=alpha, post=post:
+                                      post(L.linear(x, w, b, kind, alpha)), x, w, b))
+                else:
+                    cases.append(Case(name, lambda L, x, w, kind=kind, alpha=alpha, post=post:
+                                      post(L.linear(x, w, None, kind, alpha)), x, w))
+    return cases
+
+
+_mask_2x3 = np.array([[True, False, True], [False, True, True]])
+_labels = np.array([2, 0, 3])
+_where = np.array([[True, False, True], [False, False, True]])
+_dropout_seed, _dropout_p = 5, 0.4
+_target_probabilities = _draw.dirichlet(np.ones(4), size=3)
+_bce_target = probabilities(2, 3)
+
+
+@functools.cache
+def _dropout_mask(shape):
+    """The mask tg's dropout draws after manual_seed(_dropout_seed), found from dropout of ones; PyTorch
+    multiplies by it, since its own generator would draw another."""
+    tg.manual_seed(_dropout_seed)
+    return F.dropout(tg.ones(*shape, dtype=tg.float64), _dropout_p).numpy()
+
+
+CASES = [
+    # arithmetic, with broadcasting and Python scalars on either side
+    Case("add", lambda L, x, y: sq(x + y), normal(2, 3), normal(3)),
+    Case("add-scalar", lambda L, x: sq(1.5 + x), normal(2, 3)),
+    Case("sub", lambda L, x, y: sq(x - y), normal(2, 3), normal(2, 1)),
+    Case("rsub-scalar", lambda L, x: sq(2.0 - x), normal(2, 3)),
+    Case("mul", lambda L, x, y: x * y, normal(2, 3), normal(3)),
+    Case("mul-self", lambda L, x: x * x * x, normal(2, 3)),
+    Case("mul-scalar", lambda L, x: sq(x * 2.5), normal(2, 3)),
+    Case("div", lambda L, x, y: x / y, normal(2, 3), away(3, low=0.5)),
+    Case("rdiv-scalar", lambda L, y: 2.0 / y, away(2, 3, low=0.5)),
+    Case("neg", lambda L, x: sq(-x), normal(2, 3)),
+    Case("pow-int", lambda L, x: x ** 3, normal(2, 3)),
+    Case("pow-fraction", lambda L, x: x ** 2.5, positive(2, 3)),
+    Case("pow-negative", lambda L, x: x ** -1.5, positive(2, 3)),
+    Case("pow-tensor", lambda L, x, y: x ** y, positive(2, 3), normal(2, 3)),
+    Case("pow-tensor-broadcast", lambda L, x, y: x ** y, positive(2, 3), normal(3)),
+    Case("rpow-scalar", lambda L, x: 2.0 ** x, normal(2, 3)),
+    Case("matmul-1d-1d", lambda L, a, b: a @ b, normal(4), normal(4)),
+    Case("matmul-2d-1d", lambda L, a, b: a @ b, normal(3, 4), normal(4)),
+    Case("matmul-1d-2d", lambda L, a, b: a @ b, normal(3), normal(3, 4)),
+    Case("matmul-2d-2d", lambda L, a, b: a @ b, normal(2, 3), normal(3, 4)),
+    Case("matmul-batched", lambda L, a, b: a @ b, normal(2, 2, 3), normal(3, 2)),
+    Case("matmul-broadcast-batch", lambda L, a, b: a @ b, normal(2, 1, 2, 3), normal(3, 3, 2)),
+    Case("matmul-squared", lambda L, a, b: sq(a @ b), normal(2, 3), normal(3, 2)),
+    Case("maximum", lambda L, x, y: sq(L.maximum(x, y)), distinct(2, 3), distinct(3) + 0.01),
+    Case("minimum", lambda L, x, y: sq(L.minimum(x, y)), distinct(2, 3), distinct(3) + 0.01),
+    Case("maximum-scalar", lambda L, x: sq(L.maximum(x, 0.3)), away(2, 3) + 0.3),
+    # element-wise functions
+    Case("exp", lambda L, x: L.exp(x), normal(2, 3)),
+    Case("log", lambda L, x: L.log(x), positive(2, 3)),
+    Case("sqrt", lambda L, x: L.sqrt(x), positive(2, 3)),
+    Case("abs", lambda L, x: sq(L.abs(x)), away(2, 3)),
+    Case("sigmoid", lambda L, x: L.sigmoid(x), normal(2, 3) * 2),
+    Case("tanh", lambda L, x: L.tanh(x), normal(2, 3)),
+    Case("relu", lambda L, x: sq(L.relu(x)), away(2, 3)),
+    Case("F.sigmoid", lambda L, x: L.f_sigmoid(x), normal(2, 3) * 2),
+    Case("F.tanh", lambda L, x: L.f_tanh(x), normal(2, 3)),
+    Case("F.relu", lambda L, x: sq(L.f_relu(x)), away(2, 3)),
+    Case("leaky_relu", lambda L, x: sq(L.leaky_relu(x, 0.1)), away(2, 3)),
+    Case("elu", lambda L, x: L.elu(x, 1.3), away(2, 3)),
+    # reductions
+    Case("sum", lambda L, x: sq(L.sum(x)), normal(2, 3)),
+    Case("sum-axis", lambda L, x: sq(L.sum(x, 1)), normal(2, 3)),
+    Case("sum-axes-keepdims", lambda L, x: sq(L.sum(x, (0, 2), True)), normal(2, 3, 2)),
+    Case("mean", lambda L, x: sq(L.mean(x)), normal(2, 3)),
+    Case("mean-axis-keepdims", lambda L, x: sq(L.mean(x, 0, True)), normal(2, 3)),
+    Case("max", lambda L, x: sq(L.max(x)), distinct(2, 3)),
+    Case("max-axis", lambda L, x: sq(L.max(x, 1)), distinct(2, 3)),
+    Case("min-axis-keepdims", lambda L, x: sq(L.min(x, 0, True)), distinct(2, 3)),
+    # shapes and indexing
+    Case("reshape", lambda L, x: sq(L.reshape(x, (3, 2))), normal(2, 3)),
+    Case("transpose", lambda L, x: sq(L.transpose(x)), normal(2, 3)),
+    Case("transpose-axes", lambda L, x: sq(L.transpose(x, (2, 0, 1))), normal(2, 3, 2)),
+    Case("getitem-int", lambda L, x: sq(L.index(x, 1)), normal(3, 2)),
+    Case("getitem-slice", lambda L, x: sq(L.index(x, (slice(None), slice(1, 3)))), normal(2, 4)),
+    Case("getitem-ellipsis-newaxis", lambda L, x: sq(L.index(x, (None, Ellipsis, 0))), normal(2, 3)),
+    Case("getitem-repeated", lambda L, x: sq(L.index(x, np.array([0, 2, 0, 0]))), normal(3, 2)),
+    Case("getitem-pairs", lambda L, x: sq(L.index(x, (np.array([0, 1, 0]), np.array([2, 2, 2])))),
+         normal(2, 3)),
+    Case("getitem-mask", lambda L, x: sq(L.index(x, _mask_2x3)), normal(2, 3)),
+    Case("concatenate", lambda L, x, y: sq(L.cat([x, y], 1)), normal(2, 3), normal(2, 2)),
+    Case("stack", lambda L, x, y: sq(L.stack([x, y], 0)), normal(2, 3), normal(2, 3)),
+    Case("stack-last", lambda L, x, y: sq(L.stack([x, y], -1)) * L.reshape(x, (2, 3, 1)), normal(2, 3),
+         normal(2, 3)),
+    Case("where", lambda L, x, y: sq(L.where(_where, x, y)), normal(2, 3), normal(3)),
+    Case("where-scalar", lambda L, x: sq(L.where(_where, x, 0.5)), normal(2, 3)),
+    Case("clone", lambda L, x: L.clone(x) * x, normal(2, 3)),
+    Case("setitem-row", lambda L, x, v: sq(L.setitem(x, 0, v)), normal(2, 3), normal(3)),
+    Case("setitem-column", lambda L, x, v: sq(L.setitem(x, (slice(None), 1), v)) * x, normal(2, 3),
+         normal(2)),
+    Case("setitem-advanced", lambda L, x, v: sq(L.setitem(x, np.array([2, 0]), v)), normal(3, 2),
+         normal(2, 2)),
+    # a float64 -> float32 -> float64 round trip is exact only to float32's 1e-7: finite differences
+    # take a larger step, and the comparison a float32 tolerance
+    Case("astype", lambda L, x: L.to64(sq(L.to32(x))), normal(2, 3),
+         gradgradcheck=dict(eps=1e-3, atol=1e-3, rtol=1e-2), tolerance=(1e-6, 1e-6)),
+    # the fused dense layer, every activation
+    *_activation_cases(),
+    # softmax family and losses
+    Case("softmax", lambda L, x: L.softmax(x, -1), normal(2, 4)),
+    Case("softmax-axis0", lambda L, x: L.softmax(x, 0), normal(3, 2)),
+    Case("log_softmax", lambda L, x: L.log_softmax(x, -1), normal(2, 4)),
+    Case("log_softmax-axis0", lambda L, x: L.log_softmax(x, 0), normal(3, 2)),
+    Case("cross_entropy-mean", lambda L, z: L.cross_entropy(z, _labels, "mean"), normal(3, 4)),
+    Case("cross_entropy-sum", lambda L, z: L.cross_entropy(z, _labels, "sum"), normal(3, 4)),
+    Case("cross_entropy-none", lambda L, z: L.cross_entropy(z, _labels, "none"), normal(3, 4)),
+    Case("cross_entropy-probabilities",
+         lambda L, z: L.cross_entropy(z, _target_probabilities, "mean"), normal(3, 4)),
+    Case("nll_loss-of-log_softmax", lambda L, z: L.nll_loss(L.log_softmax(z, 1), _labels, "mean"),
+         normal(3, 4)),
+    Case("nll_loss-squared", lambda L, p: sq(L.nll_loss(p, _labels, "none")), normal(3, 4)),
+    Case("mse_loss-mean", lambda L, a, b: L.mse_loss(a, b, "mean"), normal(2, 3), normal(2, 3)),
+    Case("mse_loss-sum", lambda L, a, b: L.mse_loss(a, b, "sum"), normal(2, 3), normal(2, 3)),
+    Case("mse_loss-none", lambda L, a, b: L.mse_loss(a, b, "none"), normal(2, 3), normal(2, 3)),
+    Case("binary_cross_entropy-mean", lambda L, p: L.bce(p, _bce_target, "mean"),
+         probabilities(2, 3)),
+    Case("binary_cross_entropy-none", lambda L, p: L.bce(p, _bce_target, "none"), probabilities(2, 3)),
+    Case("bce_with_logits-mean", lambda L, z: L.bce_logits(z, _bce_target, "mean"), normal(2, 3) * 2),
+    Case("bce_with_logits-sum", lambda L, z: L.bce_logits(z, _bce_target, "sum"), normal(2, 3) * 2),
+    Case("bce_with_logits-none", lambda L, z: L.bce_logits(z, _bce_target, "none"), normal(2, 3) * 2),
+    Case("dropout", lambda L, x: sq(L.dropout(x, _dropout_p, _dropout_mask((2, 4)), _dropout_seed)),
+         normal(2, 4)),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_gradgradcheck(case):
+    inputs = [TG.leaf(a) for a in case.arrays]
+    assert tg.gradgradcheck(lambda *leaves: case.fn(TG, *leaves), inputs, **case.gradgradcheck)
+
+
+def first_and_second(lib, case):
+    """The case's value, its gradients along a random upstream v (create_graph), and the gradient of
+    sum_i <g_i, w_i> with respect to the leaves and v: Hessian-times-w terms plus the Jacobian times w.
+    v and w are drawn from one seed, so both libraries get the same numbers."""
+    draw = np.random.default_rng(11)
+    leaves = [lib.leaf(a) for a in case.arrays]
+    out = case.fn(lib, *leaves)
+    value = lib.numpy(out)
+    upstream = lib.leaf(draw.standard_normal(value.shape))
+    first = lib.grad([out], leaves, [upstream], create_graph=True)
+    directions = [draw.standard_normal(a.shape) for a in case.arrays]
+    # a gradient without a graph is constant: its part of the second derivative is zero
+    pairs = [(g, w) for g, w in zip(first, directions) if g is not None and lib.requires_grad(g)]
+    wrt = leaves + [upstream]
+    second = lib.grad([g for g, _ in pairs], wrt, [lib.const(w) for _, w in pairs]) if pairs else []
+    shapes = [a.shape for a in case.arrays] + [value.shape]
+    first = [np.zeros(s) if g is None else lib.numpy(g) for g, s in zip(first, shapes)]
+    second = [np.zeros(s) if h is None else lib.numpy(h) for h, s in
+              zip(second or [None] * len(wrt), shapes)]
+    return value, first, second
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_double_backward_matches_torch(case, torch):
+    rtol, atol = case.tolerance
+    value, first, second = first_and_second(TG, case)
+    value_t, first_t, second_t = first_and_second(TorchLib(torch), case)
+    np.testing.assert_allclose(value, value_t, rtol=rtol, atol=atol, err_msg="forward value")
+    for i, (g, g_t) in enumerate(zip(first, first_t)):
+        np.testing.assert_allclose(g, g_t, rtol=rtol, atol=atol, err_msg=f"gradient of input {i}")
+    for i, (h, h_t) in enumerate(zip(second, second_t)):
+        what = "the upstream gradient" if i == len(case.arrays) else f"input {i}"
+        np.testing.assert_allclose(h, h_t, rtol=rtol, atol=atol, err_msg=f"second derivative, {what}")
+    # not vacuous: some second derivative is non-zero for every case
+    assert any(np.abs(h).max() > 1e-3 for h in second_t if h.size)
+
+
+def test_the_cases_cover_every_op_family():
+    names = {case.name.split("-")[0] for case in CASES}
+    expected = {"add", "sub", "rsub", "mul", "div", "rdiv", "neg", "pow", "rpow", "matmul", "maximum",
+                "minimum", "exp", "log", "sqrt", "abs", "sigmoid", "tanh", "relu", "leaky_relu", "elu",
+                "sum", "mean", "max", "min", "reshape", "transpose", "getitem", "concatenate", "stack",
+                "where", "astype", "clone", "setitem", "linear", "softmax", "log_softmax", "cross_entropy",
+                "nll_loss", "mse_loss", "binary_cross_entropy", "bce_with_logits", "dropout"}
+    assert expected <= names, expected - names
+    kinds = {case.name.split("-")[1] for case in CASES if case.name.startswith("linear-")}
+    assert kinds == {"identity", "relu", "sigmoid", "tanh", "leaky_relu", "elu"}
+
+
+def test_dropout_case_drops_something_and_scales_the_rest():
+    mask = _dropout_mask((2, 4))
+    kept = mask != 0
+    assert kept.any() and not kept.all()
+    np.testing.assert_allclose(mask[kept], 1 / (1 - _dropout_p), rtol=1e-15)
+
+
+# ---------------------------------------------------------------------------------------------
+# gradgradcheck itself: it must catch a wrong double backward, and say where
+
+
+class _SquareWithFrozenBackward(tg.autograd.Node):
+    """x^2 whose differentiable backward treats x as a constant: 2 g x with x detached, so the first
+    derivative is right and its derivative with respect to x (2 g) is lost."""
+
+    name = "frozen_square"
+
+    def forward(self, x):
+        self.x = x
+        return x * x
+
+    def backward(self, g):
+        if isinstance(g, tg.Tensor):
+            return (g * tg.tensor(2.0 * self.x),)
+        return (2.0 * g * self.x,)
+
+
+def test_gradgradcheck_catches_a_backward_that_is_not_differentiated():
+    x = leaf([0.5, -1.0, 2.0])
+    assert tg.gradcheck(lambda a: tg.autograd.apply(_SquareWithFrozenBackward(), a), [x])
+    with pytest.raises(tg.GradcheckError) as info:
+        tg.gradgradcheck(lambda a: tg.autograd.apply(_SquareWithFrozenBackward(), a), [x])
+    message = str(info.value)
+    assert message.startswith("gradgradcheck:")
+    # d/dx of the first derivative 2 g x is 2 g: the analytic second derivative is 0
+    assert "with respect to input 0" in message and "analytic 0 vs numeric" in message
+
+
+def test_gradgradcheck_passes_for_a_correct_double_backward_and_checks_grad_outputs():
+    x = leaf([0.5, -1.0, 2.0])
+    y = leaf([1.5, 0.25, -0.75])
+    assert tg.gradgradcheck(lambda a, b: (a * b).tanh(), [x, y]) is True
+    given = tg.tensor([1.0, -2.0, 0.5], dtype=tg.float64, requires_grad=True)
+    assert tg.gradgradcheck(lambda a, b: (a * b).tanh(), [x, y], grad_outputs=given) is True
+    constant = tg.tensor([1.0, -2.0, 0.5], dtype=tg.float64)
+    assert tg.gradgradcheck(lambda a, b: (a * b).tanh(), [x, y], grad_outputs=[constant]) is True
+
+
+@pytest.mark.parametrize("call, error, words", [
+    (lambda: tg.gradgradcheck("f", [leaf([1.0])]), TypeError, "gradgradcheck: expected fn to be callable"),
+    (lambda: tg.gradgradcheck(lambda a: a * a, [tg.tensor([1.0])]), ValueError, "no input requires grad"),
+    (lambda: tg.gradgradcheck(lambda a: a * a, [tg.tensor([1.0], requires_grad=True)]), TypeError,
+     "float64"),
+    (lambda: tg.gradgradcheck(lambda a: a * a, [leaf([1.0])], eps=0), ValueError,
+     "gradgradcheck: invalid eps"),
+    (lambda: tg.gradgradcheck(lambda a: 2.0, [leaf([1.0])]), TypeError, "must return a Tensor"),
+    (lambda: tg.gradgradcheck(lambda a: a.detach(), [leaf([1.0])]), ValueError,
+     "output 0 of fn (shape (1,)) does not require grad"),
+    (lambda: tg.gradgradcheck(lambda a: a * a, [leaf([1.0, 2.0])], grad_outputs=[leaf([1.0])]), ValueError,
+     "grad_outputs[0] has shape (1,) but output 0 has shape (2,)"),
+    (lambda: tg.gradgradcheck(lambda a: a * a, [leaf([1.0])], grad_outputs=[leaf([1.0]), leaf([1.0])]),
+     ValueError, "fn has 1 outputs but 2 grad_outputs"),
+    (lambda: tg.gradgradcheck(lambda a: a * a, [leaf([1.0])], grad_outputs=np.ones(1)), TypeError,
+     "grad_outputs must be a Tensor or a sequence of Tensors"),
+    (lambda: tg.gradgradcheck(lambda a: a * a, [leaf([1.0])],
+                              grad_outputs=[tg.tensor([1.0], requires_grad=True)]), TypeError,
+     "grad_outputs[0] is float32 and requires grad"),
+    (lambda: tg.gradgradcheck(lambda a, b: b * 2.0, [leaf([1.0]), tg.tensor([1.0], requires_grad=True)]),
+     TypeError, "input 1 is float32"),
+])
+def test_gradgradcheck_refuses_bad_arguments_naming_them(call, error, words):
+    with pytest.raises(error) as info:
+        call()
+    assert words in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) Hessian-vector products of a small MLP's loss
+
+
+def _mlp_and_data(activation, loss_name):
+    tg.manual_seed(3)
+    model = tg.nn.Sequential(tg.nn.Linear(3, 5, dtype=tg.float64), activation(),
+                             tg.nn.Linear(5, 4, dtype=tg.float64))
+    draw = np.random.default_rng(8)
+    x = draw.standard_normal((6, 3))
+    target = draw.integers(0, 4, 6) if loss_name == "cross_entropy" else draw.standard_normal((6, 4))
+    directions = [draw.standard_normal(p.shape) for p in model.parameters()]
+    return model, x, target, directions
+
+
+def _tg_loss(model, x, target, loss_name):
+    out = model(tg.tensor(x))
+    if loss_name == "cross_entropy":
+        return F.cross_entropy(out, target)
+    return F.mse_loss(out, tg.tensor(target))
+
+
+MLPS = [(tg.nn.Tanh, "cross_entropy"), (tg.nn.Sigmoid, "mse"), (tg.nn.Sigmoid, "cross_entropy"),
+        (tg.nn.Tanh, "mse")]
+
+
+def _hvp(model, x, target, loss_name, directions):
+    params = list(model.parameters())
+    grads = tg.grad(_tg_loss(model, x, target, loss_name), params, create_graph=True)
+    assert all(g.requires_grad for g in grads)
+    products = tg.grad(list(grads), params, grad_outputs=[tg.tensor(v) for v in directions])
+    return [g.numpy() for g in grads], [p.numpy() for p in products]
+
+
+@pytest.mark.parametrize("activation, loss_name", MLPS, ids=lambda v: getattr(v, "__name__", v))
+def test_mlp_hessian_vector_product_matches_torch(activation, loss_name, torch):
+    model, x, target, directions = _mlp_and_data(activation, loss_name)
+    grads, products = _hvp(model, x, target, loss_name, directions)
+
+    TF = torch.nn.functional
+    w1, b1, w2, b2 = [torch.tensor(p.numpy(), requires_grad=True) for p in model.parameters()]
+    act = torch.tanh if activation is tg.nn.Tanh else torch.sigmoid
+    out = TF.linear(act(TF.linear(torch.tensor(x), w1, b1)), w2, b2)
+    loss = (TF.cross_entropy(out, torch.tensor(target)) if loss_name == "cross_entropy"
+            else TF.mse_loss(out, torch.tensor(target)))
+    grads_t = torch.autograd.grad(loss, [w1, b1, w2, b2], create_graph=True)
+    products_t = torch.autograd.grad(grads_t, [w1, b1, w2, b2],
+                                     grad_outputs=[torch.tensor(v) for v in directions])
+    for got, expected in zip(grads, grads_t):
+        np.testing.assert_allclose(got, expected.detach().numpy(), rtol=TORCH_RTOL, atol=TORCH_ATOL)
+    for got, expected in zip(products, products_t):
+        np.testing.assert_allclose(got, expected.numpy(), rtol=TORCH_RTOL, atol=TORCH_ATOL)
+
+
+@pytest.mark.parametrize("activation, loss_name", MLPS, ids=lambda v: getattr(v, "__name__", v))
+def test_mlp_hessian_vector_product_matches_finite_differences_of_the_gradient(activation, loss_name):
+    model, x, target, directions = _mlp_and_data(activation, loss_name)
+    _, products = _hvp(model, x, target, loss_name, directions)
+    params = list(model.parameters())
+    originals = [p.data.copy() for p in params]
+    eps = 1e-5
+
+    def gradient_at(step):
+        for p, original, v in zip(params, originals, directions):
+            p.data[...] = original + step * v
+        return [g.numpy() for g in tg.grad(_tg_loss(model, x, target, loss_name), params)]
+
+    plus, minus = gradient_at(eps), gradient_at(-eps)
+    gradient_at(0.0)
+    for got, p_plus, p_minus in zip(products, plus, minus):
+        np.testing.assert_allclose(got, (p_plus - p_minus) / (2 * eps), rtol=1e-6, atol=1e-9)
+    assert max(np.abs(p).max() for p in products) > 1e-2
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) third and higher derivatives, against closed forms
+
+
+def derivatives(f, points, order):
+    """[f', f'', ..., f^(order)] at `points`, element-wise: each is the gradient of the sum of the last."""
+    x = leaf(points)
+    y = f(x)
+    found = []
+    for _ in range(order):
+        (y,) = tg.grad(y.sum(), x, create_graph=True)
+        found.append(y.numpy())
+    return found
+
+
+POINTS = np.array([-1.3, -0.4, 0.2, 0.9, 1.7])
+POSITIVE_POINTS = np.array([0.3, 0.8, 1.5, 2.6])
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+HIGHER = [
+    ("x**3", lambda x: x ** 3, POINTS,
+     [3 * POINTS ** 2, 6 * POINTS, np.full(POINTS.shape, 6.0)]),
+    ("exp(x)*x**2", lambda x: x.exp() * x ** 2, POINTS,
+     [np.exp(POINTS) * (POINTS ** 2 + 2 * POINTS), np.exp(POINTS) * (POINTS ** 2 + 4 * POINTS + 2),
+      np.exp(POINTS) * (POINTS ** 2 + 6 * POINTS + 6)]),
+    ("exp(2x), five times", lambda x: (2.0 * x).exp(), POINTS,
+     [2.0 ** n * np.exp(2 * POINTS) for n in range(1, 6)]),
+    ("tanh", lambda x: x.tanh(), POINTS,
+     [1 - np.tanh(POINTS) ** 2, -2 * np.tanh(POINTS) * (1 - np.tanh(POINTS) ** 2),
+      -2 * (1 - np.tanh(POINTS) ** 2) * (1 - 3 * np.tanh(POINTS) ** 2)]),
+    ("sigmoid", lambda x: x.sigmoid(), POINTS,
+     [_sigmoid(POINTS) * (1 - _sigmoid(POINTS)),
+      _sigmoid(POINTS) * (1 - _sigmoid(POINTS)) * (1 - 2 * _sigmoid(POINTS)),
+      _sigmoid(POINTS) * (1 - _sigmoid(POINTS)) * (1 - 6 * _sigmoid(POINTS) + 6 * _sigmoid(POINTS) ** 2)]),
+    ("log, four times", lambda x: x.log(), POSITIVE_POINTS,
+     [1 / POSITIVE_POINTS, -1 / POSITIVE_POINTS ** 2, 2 / POSITIVE_POINTS ** 3, -6 / POSITIVE_POINTS ** 4]),
+    ("sqrt", lambda x: x.sqrt(), POSITIVE_POINTS,
+     [0.5 * POSITIVE_POINTS ** -0.5, -0.25 * POSITIVE_POINTS ** -1.5, 0.375 * POSITIVE_POINTS ** -2.5]),
+    ("1/x", lambda x: 1.0 / x, POSITIVE_POINTS,
+     [-1 / POSITIVE_POINTS ** 2, 2 / POSITIVE_POINTS ** 3, -6 / POSITIVE_POINTS ** 4]),
+]
+
+
+@pytest.mark.parametrize("name, f, points, expected", HIGHER, ids=[h[0] for h in HIGHER])
+def test_higher_derivatives_match_closed_forms(name, f, points, expected):
+    found = derivatives(f, points, len(expected))
+    for order, (got, want) in enumerate(zip(found, expected), start=1):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=f"derivative {order} of {name}")
+
+
+def test_mixed_third_derivative_of_two_variables():
+    # f = x^2 y^3: f_x = 2 x y^3, f_xy = 6 x y^2, f_xyy = 12 x y
+    x, y = leaf(1.5), leaf(-0.7)
+    f = x ** 2 * y ** 3
+    (fx,) = tg.grad(f, x, create_graph=True)
+    (fxy,) = tg.grad(fx, y, create_graph=True)
+    (fxyy,) = tg.grad(fxy, y)
+    assert fx.item() == pytest.approx(2 * 1.5 * (-0.7) ** 3, rel=1e-14)
+    assert fxy.item() == pytest.approx(6 * 1.5 * 0.49, rel=1e-14)
+    assert fxyy.item() == pytest.approx(12 * 1.5 * -0.7, rel=1e-14)
+    assert not fxyy.requires_grad  # the last one was taken without create_graph
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) the lecture's homework: f = exp(-(t0 x0 + t1 x1^2 + t2 x2^3)) at x = [1, 2, 1], t = [1, 1, 1]
+#
+# With s = t0 x0 + t1 x1^2 + t2 x2^3 = 1 + 4 + 1 = 6 and u = [x0, x1^2, x2^3] = [1, 4, 1]:
+#   df/dt_i        = -u_i e^-s
+#   d2f/dt_i dt_j  =  u_i u_j e^-s
+# and, with d = du/dx on the diagonal = [1, 2 x1, 3 x2^2] = [1, 4, 3], d' = [0, 2, 6 x2] = [0, 2, 6]:
+#   d2f/dt_i dx_j  = (u_i t_j d_j - [i == j] d_i) e^-s
+#   d2f/dx_i dx_j  = (t_i d_i t_j d_j - [i == j] t_i d'_i) e^-s
+
+
+E6 = math.exp(-6.0)
+U = np.array([1.0, 4.0, 1.0])
+D = np.array([1.0, 4.0, 3.0])
+D2 = np.array([0.0, 2.0, 6.0])
+T_HAND = np.ones(3)
+
+
+def _homework(t, x):
+    return (-(t[0] * x[0] + t[1] * x[1] ** 2 + t[2] * x[2] ** 3)).exp()
+
+
+def _hessian_rows(g, wrt):
+    return np.stack([tg.grad(g[i], wrt, retain_graph=True)[0].numpy() for i in range(g.shape[0])])
+
+
+def test_homework_gradient_and_hessian_with_respect_to_t_by_hand():
+    x = tg.tensor([1.0, 2.0, 1.0], dtype=tg.float64)
+    t = leaf([1.0, 1.0, 1.0])
+    f = _homework(t, x)
+    assert f.item() == pytest.approx(E6, rel=1e-15)
+    (g,) = tg.grad(f, t, create_graph=True)
+    assert g.requires_grad
+    np.testing.assert_allclose(g.numpy(), -U * E6, rtol=1e-14)
+    np.testing.assert_allclose(g.numpy(), [-0.00247875217667, -0.00991500870668, -0.00247875217667],
+                               rtol=1e-11)
+    hessian = _hessian_rows(g, t)
+    np.testing.assert_allclose(hessian, np.outer(U, U) * E6, rtol=1e-14)
+    np.testing.assert_allclose(hessian, hessian.T, rtol=0, atol=0)  # symmetric exactly: u_i u_j = u_j u_i
+
+
+def test_homework_through_backward_create_graph_and_dot_grad():
+    x = tg.tensor([1.0, 2.0, 1.0], dtype=tg.float64)
+    t = leaf([1.0, 1.0, 1.0])
+    _homework(t, x).backward(create_graph=True)
+    assert t.grad.requires_grad
+    np.testing.assert_allclose(t.grad.numpy(), -U * E6, rtol=1e-14)
+    np.testing.assert_allclose(_hessian_rows(t.grad, t), np.outer(U, U) * E6, rtol=1e-14)
+
+
+def test_homework_mixed_and_x_hessians_by_hand():
+    x = leaf([1.0, 2.0, 1.0])
+    t = leaf([1.0, 1.0, 1.0])
+    g_t, g_x = tg.grad(_homework(t, x), [t, x], create_graph=True)
+    np.testing.assert_allclose(g_x.numpy(), -T_HAND * D * E6, rtol=1e-14)  # df/dx_j = -t_j d_j e^-s
+    mixed = _hessian_rows(g_t, x)
+    np.testing.assert_allclose(mixed, (np.outer(U, T_HAND * D) - np.diag(D)) * E6, rtol=1e-14, atol=1e-18)
+    hessian_x = _hessian_rows(g_x, x)
+    np.testing.assert_allclose(hessian_x, (np.outer(T_HAND * D, T_HAND * D) - np.diag(T_HAND * D2)) * E6,
+                               rtol=1e-14, atol=1e-18)
+
+
+def test_homework_vectorised_with_a_tensor_exponent():
+    # the same function as t . x^[1, 2, 3] (tensor ** tensor with a constant exponent tensor)
+    x = tg.tensor([1.0, 2.0, 1.0], dtype=tg.float64)
+    t = leaf([1.0, 1.0, 1.0])
+    f = (-(t * x ** tg.tensor([1.0, 2.0, 3.0], dtype=tg.float64)).sum()).exp()
+    (g,) = tg.grad(f, t, create_graph=True)
+    np.testing.assert_allclose(_hessian_rows(g, t), np.outer(U, U) * E6, rtol=1e-14)
+
+
+# ---------------------------------------------------------------------------------------------
+# (e) create_graph semantics
+
+
+def test_create_graph_gradients_require_grad_and_differentiate_again():
+    x = leaf([0.5, -1.5, 2.0])
+    y = (x ** 3).sum()
+    (g,) = tg.grad(y, x, create_graph=True)
+    assert g.requires_grad and g.grad_fn is not None and not g.is_leaf
+    np.testing.assert_allclose(g.numpy(), 3 * x.numpy() ** 2, rtol=1e-15)
+    (h,) = tg.grad(g.sum(), x)
+    np.testing.assert_allclose(h.numpy(), 6 * x.numpy(), rtol=1e-15)
+
+
+def test_retain_graph_defaults_to_create_graph():
+    x = leaf([0.5, -1.5])
+    y = (x * x.exp()).sum()  # mul and exp save what their backward reads
+    tg.grad(y, x, create_graph=True)
+    (again,) = tg.grad(y, x)  # the graph was kept: d/dx x e^x = (1 + x) e^x
+    np.testing.assert_allclose(again.numpy(), (1 + x.numpy()) * np.exp(x.numpy()), rtol=1e-15)
+    with pytest.raises(RuntimeError, match="second time"):
+        tg.grad(y, x)  # that one was without create_graph, so it freed the graph
+    z = (x * x.exp()).sum()
+    z.backward(create_graph=True)
+    z.backward(create_graph=True)  # kept again by default
+    np.testing.assert_allclose(x.grad.numpy(), 2 * (1 + x.numpy()) * np.exp(x.numpy()), rtol=1e-15)
+
+
+def test_create_graph_with_retain_graph_false_frees_the_forward_graph():
+    x = leaf([0.5, -1.5])
+    y = (x * x).sum()
+    (g,) = tg.grad(y, x, create_graph=True, retain_graph=False)
+    assert g.requires_grad
+    with pytest.raises(RuntimeError, match="second time"):
+        tg.grad(y, x)
+
+
+def test_dot_grad_keeps_its_graph_and_accumulates_with_create_graph():
+    x = leaf([0.5, -1.5, 2.0])
+    (x ** 3).sum().backward(create_graph=True)
+    assert x.grad.requires_grad
+    np.testing.assert_allclose(x.grad.numpy(), 3 * x.numpy() ** 2, rtol=1e-15)
+    (x ** 3).sum().backward(create_graph=True)
+    np.testing.assert_allclose(x.grad.numpy(), 6 * x.numpy() ** 2, rtol=1e-15)
+    # both accumulated terms carry their graph: d/dx sum(6 x^2) = 12 x
+    (h,) = tg.grad(x.grad.sum(), x)
+    np.testing.assert_allclose(h.numpy(), 12 * x.numpy(), rtol=1e-15)
+
+
+def test_dot_grad_from_a_plain_backward_then_create_graph_adds_a_graph():
+    x = leaf([0.5, -1.5])
+    (x ** 2).sum().backward()
+    assert not x.grad.requires_grad
+    (x ** 3).sum().backward(create_graph=True)
+    np.testing.assert_allclose(x.grad.numpy(), 2 * x.numpy() + 3 * x.numpy() ** 2, rtol=1e-15)
+    assert x.grad.requires_grad
+    (h,) = tg.grad(x.grad.sum(), x)  # only the x^3 term depends on x through a graph
+    np.testing.assert_allclose(h.numpy(), 6 * x.numpy(), rtol=1e-15)
+
+
+def _penalised_loss(w, x, tg_or_torch_grad):
+    """L(w, x) = sum(tanh(x @ w)) plus the gradient penalty ||dL/dx||^2 (WGAN-GP style)."""
+    inner = (x @ w).tanh().sum()
+    (dx,) = tg_or_torch_grad(inner, x)
+    return inner + (dx * dx).sum()
+
+
+X_PENALTY = np.array([[0.3, -0.8, 0.5], [1.1, 0.2, -0.4]])
+W_PENALTY = np.array([[0.7, -0.2], [0.1, 0.9], [-0.5, 0.4]])
+
+
+def _penalty_tg(w_values):
+    w, x = leaf(w_values), leaf(X_PENALTY)
+    loss = _penalised_loss(w, x, lambda out, wrt: tg.grad(out, wrt, create_graph=True))
+    loss.backward()
+    return loss.item(), w.grad.numpy(), x.grad.numpy()
+
+
+def test_gradient_penalty_backward_matches_torch(torch):
+    value, w_grad, x_grad = _penalty_tg(W_PENALTY)
+    w = torch.tensor(W_PENALTY, requires_grad=True)
+    x = torch.tensor(X_PENALTY, requires_grad=True)
+    loss = _penalised_loss(w, x, lambda out, wrt: torch.autograd.grad(out, wrt, create_graph=True))
+    loss.backward()
+    assert value == pytest.approx(loss.item(), rel=1e-12)
+    np.testing.assert_allclose(w_grad, w.grad.numpy(), rtol=TORCH_RTOL, atol=TORCH_ATOL)
+    np.testing.assert_allclose(x_grad, x.grad.numpy(), rtol=TORCH_RTOL, atol=TORCH_ATOL)
+
+
+def test_gradient_penalty_backward_matches_finite_differences():
+    _, w_grad, _ = _penalty_tg(W_PENALTY)
+    eps = 1e-6
+    numeric = np.zeros_like(W_PENALTY)
+    for index in np.ndindex(W_PENALTY.shape):
+        step = np.zeros_like(W_PENALTY)
+        step[index] = eps
+        numeric[index] = (_penalty_tg(W_PENALTY + step)[0] - _penalty_tg(W_PENALTY - step)[0]) / (2 * eps)
+    np.testing.assert_allclose(w_grad, numeric, rtol=1e-6, atol=1e-9)
+    # the penalty matters: without it the gradient would be sum over rows of x_i (1 - tanh^2)
+    plain = X_PENALTY.T @ (1 - np.tanh(X_PENALTY @ W_PENALTY) ** 2)
+    assert np.abs(w_grad - plain).max() > 1e-2
+
+
+def test_without_create_graph_gradients_carry_no_graph():
+    x = leaf([0.5, -1.5])
+    y = (x.exp() * x).sum()
+    (g,) = tg.grad(y, x, retain_graph=True)
+    assert not g.requires_grad and g.grad_fn is None
+    y.backward()
+    assert not x.grad.requires_grad and x.grad.grad_fn is None
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        tg.grad(g.sum(), x)
+    with tg.enable_grad():  # a recording context does not make a first-order backward recorded
+        z = (x * x).sum()
+        (g2,) = tg.grad(z, x)
+    assert not g2.requires_grad
+
+
+def test_create_graph_inside_no_grad_still_records_the_backward():
+    x = leaf([0.5, -1.5])
+    y = (x ** 3).sum()
+    with tg.no_grad():
+        (g,) = tg.grad(y, x, create_graph=True)
+    assert g.requires_grad  # as PyTorch: the engine runs the backward with grad mode = create_graph
+    (h,) = tg.grad(g.sum(), x)
+    np.testing.assert_allclose(h.numpy(), 6 * x.numpy(), rtol=1e-15)
+
+
+def test_create_graph_gradient_of_a_linear_function_is_a_constant():
+    x = leaf([0.5, -1.5])
+    (g,) = tg.grad((3.0 * x).sum(), x, create_graph=True)
+    np.testing.assert_allclose(g.numpy(), [3.0, 3.0])
+    assert not g.requires_grad  # depends on nothing that requires grad, as in PyTorch
+
+
+def test_create_graph_through_an_upstream_gradient_that_requires_grad():
+    x = leaf([0.5, -1.5])
+    v = leaf([2.0, -3.0])
+    (g,) = tg.grad(3.0 * x, x, grad_outputs=v, create_graph=True)
+    np.testing.assert_allclose(g.numpy(), 3.0 * v.numpy())
+    assert g.requires_grad
+    (dv,) = tg.grad(g.sum(), v)
+    np.testing.assert_allclose(dv.numpy(), [3.0, 3.0])
+
+
+def test_second_derivatives_with_integer_operands():
+    x = leaf([0.5, -1.5, 2.0])
+    k = tg.tensor([1, 2, 3])  # int64: a constant, never differentiated
+    n = tg.tensor([2, 3, 4])
+    f = ((x * k) ** 2).sum() + (x ** n).sum() + (x + 1).sum() + F.mse_loss(x, tg.tensor([0, 1, 2]))
+    (g,) = tg.grad(f, x, create_graph=True)
+    kk, nn_, xx = k.numpy(), n.numpy(), x.numpy()
+    np.testing.assert_allclose(g.numpy(), 2 * kk ** 2 * xx + nn_ * xx ** (nn_ - 1) + 1
+                               + 2 * (xx - [0, 1, 2]) / 3, rtol=1e-14)
+    (h,) = tg.grad(g.sum(), x)  # the Hessian is diagonal: its diagonal
+    np.testing.assert_allclose(h.numpy(), 2 * kk ** 2 + nn_ * (nn_ - 1) * xx ** (nn_ - 2) + 2 / 3, rtol=1e-14)
+
+
+def test_second_derivative_through_an_integer_index_tensor():
+    x = leaf([0.5, -1.5, 2.0])
+    picked = x[tg.tensor([0, 2, 0, 0])]  # x0 three times
+    (g,) = tg.grad((picked ** 3).sum(), x, create_graph=True)
+    counts = np.array([3.0, 0.0, 1.0])
+    np.testing.assert_allclose(g.numpy(), counts * 3 * x.numpy() ** 2, rtol=1e-15)
+    (h,) = tg.grad(g.sum(), x)
+    np.testing.assert_allclose(h.numpy(), counts * 6 * x.numpy(), rtol=1e-15)
+
+
+# ---------------------------------------------------------------------------------------------
+# (f) first-order behaviour is unchanged
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.name in {
+    "mul", "div", "pow-tensor", "matmul-batched", "max-axis", "getitem-repeated", "setitem-row", "softmax",
+    "cross_entropy-mean", "linear-tanh-bias-3d", "linear-relu-bias-2d", "bce_with_logits-mean", "dropout",
+    "mse_loss-mean", "where"}], ids=lambda case: case.name)
+def test_first_order_gradients_are_the_same_with_and_without_create_graph(case):
+    draw = np.random.default_rng(4)
+    found = {}
+    for create_graph in (False, True):
+        leaves = [TG.leaf(a) for a in case.arrays]
+        out = case.fn(TG, *leaves)
+        upstream = tg.tensor(draw.standard_normal(out.shape) if not create_graph else found["upstream"])
+        found["upstream"] = upstream.numpy()
+        grads = tg.grad(out, leaves, grad_outputs=upstream, create_graph=create_graph)
+        found[create_graph] = [g.numpy() for g in grads]
+        assert all(g.requires_grad == create_graph for g in grads)
+        assert all(g.data.flags.c_contiguous and g.dtype == np.float64 for g in grads)
+    for plain, recorded in zip(found[False], found[True]):
+        np.testing.assert_allclose(plain, recorded, rtol=1e-14, atol=1e-15)
+
+
+def test_first_order_backward_still_frees_the_graph_and_writes_plain_arrays():
+    x = leaf([[0.5, -1.5], [2.0, 0.25]])
+    w = leaf([1.0, -2.0])
+    loss = ((x @ w).tanh() ** 2).sum()
+    loss.backward()
+    assert isinstance(x.grad.data, np.ndarray) and not x.grad.requires_grad
+    t = np.tanh(x.numpy() @ w.numpy())
+    np.testing.assert_allclose(x.grad.numpy(), np.outer(2 * t * (1 - t ** 2), w.numpy()), rtol=1e-12)
+    with pytest.raises(RuntimeError, match="second time"):
+        loss.backward()
+    assert tg.gradcheck(lambda a, b: ((a @ b).tanh() ** 2).sum(), [x, w])
+
+
+def test_first_order_training_step_is_unchanged():
+    # one SGD step on a fused Linear+Tanh MLP: the update equals the hand-computed gradient step
+    tg.manual_seed(1)
+    model = tg.nn.Sequential(tg.nn.Linear(2, 3, dtype=tg.float64), tg.nn.Tanh(),
+                             tg.nn.Linear(3, 1, dtype=tg.float64))
+    w1, b1, w2, b2 = [p.numpy().copy() for p in model.parameters()]
+    x = np.array([[0.5, -1.0], [1.5, 0.25]])
+    y = np.array([[1.0], [-0.5]])
+    optimizer = tg.optim.SGD(model.parameters(), lr=0.1)
+    loss = F.mse_loss(model(tg.tensor(x)), tg.tensor(y))
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    h = np.tanh(x @ w1.T + b1)
+    out = h @ w2.T + b2
+    d_out = 2 * (out - y) / out.size
+    d_pre = (d_out @ w2) * (1 - h ** 2)
+    expected = [w1 - 0.1 * d_pre.T @ x, b1 - 0.1 * d_pre.sum(0),
+                w2 - 0.1 * d_out.T @ h, b2 - 0.1 * d_out.sum(0)]
+    for p, want in zip(model.parameters(), expected):
+        np.testing.assert_allclose(p.numpy(), want, rtol=1e-13)
+        assert p.grad is not None and not p.grad.requires_grad
