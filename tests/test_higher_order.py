@@ -981,3 +981,141 @@ def test_first_order_training_step_is_unchanged():
     for p, want in zip(model.parameters(), expected):
         np.testing.assert_allclose(p.numpy(), want, rtol=1e-13)
         assert p.grad is not None and not p.grad.requires_grad
+
+
+# ---------------------------------------------------------------------------------------------
+# edges: dtypes, non-leaf inputs, hooks, in-place changes, optimizers, anomaly detection
+
+
+def test_float32_gradients_stay_float32_at_every_order():
+    x = tg.tensor([0.5, -1.5, 2.0], requires_grad=True)  # float32 by default
+    (g,) = tg.grad((x.tanh() * x).sum(), x, create_graph=True)
+    (h,) = tg.grad(g.sum(), x)
+    assert g.dtype == np.float32 and h.dtype == np.float32
+    xs = x.numpy().astype(np.float64)
+    t = np.tanh(xs)
+    # d/dx x tanh x = tanh + x (1 - t^2); again: 2 (1 - t^2) - 2 x t (1 - t^2)
+    np.testing.assert_allclose(g.numpy(), t + xs * (1 - t ** 2), rtol=1e-6)
+    np.testing.assert_allclose(h.numpy(), 2 * (1 - t ** 2) * (1 - xs * t), rtol=1e-5)
+
+
+def test_float16_cross_entropy_second_derivative(torch):
+    logits = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float16)
+    z = tg.tensor(logits, requires_grad=True)
+    v = np.random.default_rng(3).standard_normal((3, 4))
+    (g,) = tg.grad(F.cross_entropy(z, _labels), z, create_graph=True)
+    (h,) = tg.grad(g, z, grad_outputs=tg.tensor(v.astype(np.float16)))
+    assert g.dtype == np.float16 and h.dtype == np.float16
+    zt = torch.tensor(logits.astype(np.float64), requires_grad=True)
+    (gt,) = torch.autograd.grad(torch.nn.functional.cross_entropy(zt, torch.tensor(_labels)), zt,
+                                create_graph=True)
+    (ht,) = torch.autograd.grad(gt, zt, grad_outputs=torch.tensor(v.astype(np.float16).astype(np.float64)))
+    np.testing.assert_allclose(g.numpy().astype(np.float64), gt.detach().numpy(), atol=2e-3)
+    np.testing.assert_allclose(h.numpy().astype(np.float64), ht.numpy(), atol=5e-3)
+
+
+def test_grad_with_respect_to_an_intermediate_tensor_then_to_the_leaf():
+    x = leaf([0.5, -1.5, 2.0])
+    h = x * x
+    y = (h ** 3).sum()
+    (g,) = tg.grad(y, h, create_graph=True)  # 3 h^2, itself a function of x
+    np.testing.assert_allclose(g.numpy(), 3 * x.numpy() ** 4, rtol=1e-15)
+    (d,) = tg.grad(g.sum(), x)  # d/dx 3 x^4 = 12 x^3
+    np.testing.assert_allclose(d.numpy(), 12 * x.numpy() ** 3, rtol=1e-15)
+
+
+# PyTorch warns that .grad with a graph makes a reference cycle; Python's collector frees it
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph")
+def test_backward_with_an_upstream_gradient_that_requires_grad(torch):
+    x_values, v_values = np.array([0.5, -1.5, 2.0]), np.array([1.0, 0.5, -2.0])
+    x, v = leaf(x_values), leaf(v_values)
+    x.tanh().backward(v, create_graph=True)
+    # x.grad = v (1 - tanh^2 x): d/dv of its sum is 1 - tanh^2 x
+    (dv,) = tg.grad(x.grad.sum(), v, retain_graph=True)
+    np.testing.assert_allclose(dv.numpy(), 1 - np.tanh(x_values) ** 2, rtol=1e-14)
+    xt, vt = torch.tensor(x_values, requires_grad=True), torch.tensor(v_values, requires_grad=True)
+    xt.tanh().backward(vt, create_graph=True)
+    (dxt,) = torch.autograd.grad(xt.grad.sum(), xt)
+    (dx,) = tg.grad(x.grad.sum(), x)
+    np.testing.assert_allclose(dx.numpy(), dxt.numpy(), rtol=TORCH_RTOL)
+
+
+def test_several_outputs_at_once_with_create_graph():
+    x = leaf([0.5, -1.5])
+    a, b = x ** 2, x.exp()
+    (g,) = tg.grad([a.sum(), b.sum()], x, create_graph=True)  # 2x + e^x
+    (h,) = tg.grad(g.sum(), x)  # 2 + e^x
+    np.testing.assert_allclose(h.numpy(), 2 + np.exp(x.numpy()), rtol=1e-15)
+
+
+def test_a_hook_that_scales_the_gradient_is_part_of_the_recorded_backward(torch):
+    x = leaf([0.5, -1.5])
+    h = x * x
+    h.register_hook(lambda g: g * 3.0)
+    (g,) = tg.grad((h * x).sum(), x, create_graph=True)
+    xt = torch.tensor([0.5, -1.5], requires_grad=True)
+    ht = xt * xt
+    ht.register_hook(lambda g: g * 3.0)
+    (gt,) = torch.autograd.grad((ht * xt).sum(), xt, create_graph=True)
+    np.testing.assert_allclose(g.numpy(), gt.detach().numpy(), rtol=1e-15)
+    (d,) = tg.grad(g.sum(), x)
+    (dt,) = torch.autograd.grad(gt.sum(), xt)
+    np.testing.assert_allclose(d.numpy(), dt.numpy(), rtol=1e-15)
+    # by hand: y = sum(h x), h = x^2, the gradient reaching h tripled: g = 3 x * 2x + h = 7 x^2. The
+    # second backward runs through h's node again (g holds h itself), so the hook triples that part too:
+    # d = d(6 x^2)/dx + 3 * dh/dx = 12 x + 6 x = 18 x, as PyTorch
+    np.testing.assert_allclose(g.numpy(), 7 * x.numpy() ** 2, rtol=1e-15)
+    np.testing.assert_allclose(d.numpy(), 18 * x.numpy(), rtol=1e-15)
+
+
+def test_changing_a_saved_tensor_in_place_is_caught_at_the_second_backward():
+    x = leaf([0.5, -1.5])
+    a = x * 2.0
+    y = (a * a).sum()
+    (g,) = tg.grad(y, x, create_graph=True)  # 8 x, recorded from a, which mul saved
+    a.mul_(3.0)
+    with pytest.raises(RuntimeError, match="modified by an in-place operation"):
+        tg.grad(g.sum(), x)
+
+
+def test_an_optimizer_step_after_a_create_graph_backward_uses_the_values():
+    tg.manual_seed(4)
+    model = tg.nn.Linear(3, 2, dtype=tg.float64)
+    before = [p.numpy().copy() for p in model.parameters()]
+    x = tg.tensor(np.array([[0.5, -1.0, 2.0]]))
+    loss = (model(x).tanh() ** 2).sum()
+    loss.backward(create_graph=True)
+    grads = [p.grad.numpy().copy() for p in model.parameters()]
+    assert all(p.grad.requires_grad for p in model.parameters())
+    tg.optim.SGD(model.parameters(), lr=0.5).step()
+    for p, start, g in zip(model.parameters(), before, grads):
+        np.testing.assert_allclose(p.numpy(), start - 0.5 * g, rtol=1e-15)
+
+
+def test_detect_anomaly_checks_the_recorded_backward():
+    x = leaf([0.0, 1.0])
+    y = x.sqrt().sum()  # d/dx sqrt at 0 is inf
+    with tg.detect_anomaly(), pytest.raises(RuntimeError, match="detect_anomaly"):
+        tg.grad(y, x, create_graph=True)
+
+
+def test_third_derivative_through_the_fused_dense_layer():
+    # y = sum(tanh(x w + b)) with one input, one unit: d3y/dx3 = w^3 tanh'''(x w + b)
+    w, b, x0 = 0.7, -0.2, np.array([[0.3], [-1.1]])
+    x = leaf(x0)
+    y = F.linear(x, tg.tensor([[w]], dtype=tg.float64), tg.tensor([b], dtype=tg.float64),
+                 activation="tanh").sum()
+    for _ in range(3):
+        (y,) = tg.grad(y.sum(), x, create_graph=True)
+    t = np.tanh(x0 * w + b)
+    np.testing.assert_allclose(y.numpy(), w ** 3 * -2 * (1 - t ** 2) * (1 - 3 * t ** 2), rtol=1e-13)
+
+
+def test_setitem_into_a_constant_with_a_value_that_requires_grad():
+    v = leaf([0.5, -1.5])
+    y = tg.zeros(3, dtype=tg.float64)
+    y[1:] = v * v
+    (g,) = tg.grad((y ** 2).sum(), v, create_graph=True)  # sum v^4: 4 v^3
+    np.testing.assert_allclose(g.numpy(), 4 * v.numpy() ** 3, rtol=1e-15)
+    (h,) = tg.grad(g.sum(), v)
+    np.testing.assert_allclose(h.numpy(), 12 * v.numpy() ** 2, rtol=1e-15)
