@@ -19,7 +19,12 @@ written out here, or PyTorch in float64. The PyTorch parts skip cleanly where to
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -1119,3 +1124,94 @@ def test_setitem_into_a_constant_with_a_value_that_requires_grad():
     np.testing.assert_allclose(g.numpy(), 4 * v.numpy() ** 3, rtol=1e-15)
     (h,) = tg.grad(g.sum(), v)
     np.testing.assert_allclose(h.numpy(), 12 * v.numpy() ** 2, rtol=1e-15)
+
+
+# ---------------------------------------------------------------------------------------------
+# (g) examples/higher_order.py: Newton's method and a Hessian-vector product, against hand values
+
+
+@pytest.fixture(scope="module")
+def example():
+    path = ROOT / "examples" / "higher_order.py"
+    spec = importlib.util.spec_from_file_location("higher_order_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def rosenbrock_by_hand(x, y):
+    """f, gradient and Hessian of (1 - x)^2 + 100 (y - x^2)^2, differentiated on paper."""
+    f = (1 - x) ** 2 + 100 * (y - x * x) ** 2
+    gradient = np.array([-2 * (1 - x) - 400 * x * (y - x * x), 200 * (y - x * x)])
+    hessian = np.array([[2 - 400 * (y - x * x) + 800 * x * x, -400 * x], [-400 * x, 200.0]])
+    return f, gradient, hessian
+
+
+def test_example_gradient_and_hessian_at_the_start_by_hand(example):
+    value, gradient, hessian = example.gradient_and_hessian(example.rosenbrock, (-1.2, 1.0))
+    # y - x^2 = -0.44: f = 2.2^2 + 100 * 0.44^2 = 24.2; g = [-4.4 - 211.2, -88];
+    # H = [[2 + 176 + 1152, 480], [480, 200]]
+    assert value == pytest.approx(24.2, rel=1e-14)
+    np.testing.assert_allclose(gradient, [-215.6, -88.0], rtol=1e-14)
+    np.testing.assert_allclose(hessian, [[1330.0, 480.0], [480.0, 200.0]], rtol=1e-14)
+
+
+def test_example_newton_path_matches_newton_by_hand(example):
+    path = example.newton(example.rosenbrock, (-1.2, 1.0), 7)
+    point = np.array([-1.2, 1.0])
+    for step, (found, value, norm) in enumerate(path):
+        f, gradient, hessian = rosenbrock_by_hand(*point)
+        np.testing.assert_allclose(found, point, rtol=1e-9, atol=1e-12, err_msg=f"step {step}")
+        assert value == pytest.approx(f, rel=1e-8, abs=1e-18)
+        assert norm == pytest.approx(np.linalg.norm(gradient), rel=1e-7, abs=1e-12)
+        point = point - np.linalg.solve(hessian, gradient)
+    # step 1 on paper: H^-1 g = [[200, -480], [-480, 1330]] / 35600 @ [-215.6, -88] = [-880, -13552] / 35600
+    np.testing.assert_allclose(path[1][0], [-1.2 + 11 / 445, 1 + 847 / 2225], rtol=1e-13)
+    np.testing.assert_allclose(path[-1][0], [1.0, 1.0], rtol=0, atol=1e-12)
+    assert path[-1][1] < 1e-20
+
+
+def test_example_hessian_vector_product_without_the_hessian(example):
+    for point, v in (((-1.2, 1.0), (1.0, -2.0)), ((0.3, 0.7), (0.5, 0.25)), ((2.0, -1.0), (-1.0, 3.0))):
+        _, _, hessian = rosenbrock_by_hand(*point)
+        np.testing.assert_allclose(example.hessian_vector_product(example.rosenbrock, point, v),
+                                   hessian @ np.array(v), rtol=1e-13)
+
+
+def test_example_double_backward_graph_holds_h_v_at_p(example):
+    root = example.double_backward_graph(example.rosenbrock, (-1.2, 1.0), (1.0, -2.0))
+    assert root.item() == pytest.approx(-215.6 * 1.0 + -88.0 * -2.0, rel=1e-14)
+    dot = tg.viz.to_dot(root)
+    assert "g . v" in dot and "scatter" in dot and "grad [370, 80]" in dot  # H v = [1330 - 960, 480 - 400]
+
+
+def test_example_runs_and_draws_the_graph(example, tmp_path, capsys):
+    assert example.main(["--graph", str(tmp_path / "graph.dot")]) == 0
+    out = capsys.readouterr().out
+    assert "H v for v = [1.0, -2.0]: [370.0, 80.0]" in out
+    assert "Hessian from double backward = [[1330.0, 480.0], [480.0, 200.0]]" in out
+    last = [line for line in out.splitlines() if line.strip().startswith("7 ")][0].split()
+    assert [float(last[1]), float(last[2])] == [1.0, 1.0]
+    assert (tmp_path / "graph.dot").read_text().startswith("digraph tensorgrad {")
+    if shutil.which("dot") is not None:
+        assert example.main(["--graph", str(tmp_path / "graph.svg"), "--steps", "1"]) == 0
+        assert "<svg" in (tmp_path / "graph.svg").read_text()
+
+
+def test_example_as_a_script(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TENSORGRAD_DEVICE="cpu")
+    script = str(ROOT / "examples" / "higher_order.py")
+    done = subprocess.run([sys.executable, script, "--steps", "2"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    # step 2 of Newton by hand overshoots to y = -3.18 (f = 1412) before the valley is found
+    point = np.array([-1.2, 1.0])
+    for _ in range(2):
+        _, gradient, hessian = rosenbrock_by_hand(*point)
+        point = point - np.linalg.solve(hessian, gradient)
+    row = [line.split() for line in done.stdout.splitlines() if line.strip().startswith("2 ")][0]
+    np.testing.assert_allclose([float(row[1]), float(row[2])], point, rtol=1e-13)
+    assert float(row[3]) == pytest.approx(rosenbrock_by_hand(*point)[0], rel=1e-4)  # printed to 5 digits
+    bad = subprocess.run([sys.executable, script, "--steps", "-1"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert bad.returncode == 2 and "--steps must be >= 0" in bad.stderr
