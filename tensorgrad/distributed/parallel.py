@@ -5,11 +5,13 @@ and copies rank 0's values to all. The parameters are then packed, last layer fi
 backward delivers their gradients), into buckets of about `bucket_cap_mb` MiB. A post-accumulate-grad
 hook on each parameter counts the gradients that have arrived; once a bucket is complete (and every
 bucket before it has been started, so that all ranks start the same collectives in the same order), its
-gradients are copied into one flat buffer and a non-blocking all-reduce of that buffer starts: MPI's
-Iallreduce on the host, NCCL on the current CUDA stream. Backward goes on with the earlier layers while
-it runs. When the last bucket has been started, every bucket is waited for, divided by the world size,
-and each parameter's `.grad` becomes its slice of the reduced buffer: identical on every rank, so every
-rank's optimizer takes the same step.
+gradients, divided by the world size, are written into one flat buffer (the copy and the division in
+one pass) and a non-blocking all-reduce (sum) of that buffer starts: MPI's Iallreduce on the host, NCCL
+on the current CUDA stream. Backward goes on with the earlier layers while it runs. When the last
+bucket has been started, every bucket is waited for and each parameter's `.grad` becomes its slice of
+the reduced buffer (a view, no copy): the mean over ranks, identical on every rank, so every rank's
+optimizer takes the same step. (Dividing before the sum, as PyTorch's DDP does, is exactly the sum
+divided afterwards when the world size is a power of two, and within rounding otherwise.)
 
 Each bucket also carries one count per parameter, 1 where this rank has a gradient for it: a parameter
 that no rank gave a gradient keeps `.grad = None`; one that only some ranks did gets their sum divided
@@ -67,7 +69,8 @@ class DistributedDataParallel(Module):
 
     Call it like the module (forward is the module's). Every rank runs its own shard of the global batch
     through it; after `loss.backward()` every parameter's `.grad` holds the mean over ranks of the
-    per-rank gradients (sum / world size), the same array values on every rank. `.module` is the wrapped
+    per-rank gradients, the same array values on every rank. The `.grad` arrays are views of the
+    wrapper's buckets, reused each step: copy one to keep it past the next backward. `.module` is the wrapped
     model; `state_dict()` / `load_state_dict()` are the wrapped model's (no 'module.' prefix), so a
     checkpoint loads into an unwrapped model too.
 
@@ -216,6 +219,7 @@ class DistributedDataParallel(Module):
                                "wrapping it")
         xp = backend.array_module(first)
         count = len(bucket.params)
+        world_size = self.world.size
         buffer = bucket.buffer
         if buffer is None or backend.array_module(buffer) is not xp:
             buffer = bucket.buffer = xp.zeros(bucket.numel + count, dtype=bucket.dtype)  # padding stays 0
@@ -230,7 +234,8 @@ class DistributedDataParallel(Module):
                 raise RuntimeError(f"DistributedDataParallel: a gradient of shape {tuple(data.shape)} is "
                                    f"on {backend.device_of(data)} but its parameter on "
                                    f"{backend.device_of(first)}")
-            buffer[start:start + size] = data.reshape(-1)
+            # packing and averaging in one pass: each rank's share, gradient / world size, is summed
+            xp.divide(data.reshape(-1), world_size, out=buffer[start:start + size])
             flags[i] = 1
         buffer[bucket.numel:] = xp.asarray(flags, dtype=bucket.dtype)
         bucket.local_flags = flags
@@ -241,16 +246,14 @@ class DistributedDataParallel(Module):
             bucket.request = None
 
     def _complete(self) -> None:
-        """Wait for every bucket, average, and hand each parameter its slice of the reduced buffer."""
+        """Wait for every bucket and hand each parameter its slice of the reduced buffer."""
         from tensorgrad.tensor import _wrap
 
-        size = self.world.size
         for bucket in self._buckets:
             if bucket.request is not None:
                 bucket.request.Wait()
                 bucket.request = None
             buffer = bucket.buffer
-            buffer[:bucket.numel] /= size
             for i, (p, start) in enumerate(zip(bucket.params, bucket.offsets)):
                 # a rank that had no gradient reads the count (a device read on a GPU, only then)
                 if not bucket.local_flags[i] and not float(buffer[bucket.numel + i]):
