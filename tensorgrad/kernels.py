@@ -12,6 +12,8 @@ every output has the dtype of the inputs: float32 data is never computed in floa
 from __future__ import annotations
 
 import hashlib
+import math
+import os
 import threading
 from pathlib import Path
 
@@ -138,6 +140,64 @@ def sgd_update_reference(param, grad, buf, lr, weight_decay, momentum, dampening
             buf[...] = momentum * buf + (1 - dampening) * d
         d = d + momentum * buf if nesterov else buf
     param[...] = param - lr * d
+
+
+# ---------------------------------------------------------------------------------------------
+# Adam: the update every backend computes, in one order of operations.
+
+def adam_bias_corrections(beta1: float, beta2: float, step: int) -> tuple[float, float]:
+    """(1 - beta1**step, sqrt(1 - beta2**step)) in Python's double, as torch.optim.Adam forms them."""
+    return 1 - beta1 ** step, math.sqrt(1 - beta2 ** step)
+
+
+def _adam_update_arrays(xp, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
+                        weight_decay, decoupled, amsgrad) -> None:
+    """torch.optim.Adam's (decoupled: AdamW's) update of one parameter in place, with the array module's
+    `out=` ufuncs: the only temporary is the denominator (plus g + weight_decay * p for Adam's L2 decay,
+    since the gradient itself must not change). Python-float hyperparameters are rounded to the arrays'
+    dtype by each ufunc, so float32 is computed in float32."""
+    if weight_decay != 0:
+        if decoupled:
+            xp.multiply(param, 1 - lr * weight_decay, out=param)
+        else:
+            grad = grad + weight_decay * param
+    denom = xp.multiply(grad, 1 - beta1)  # scratch first, the denominator below
+    xp.multiply(exp_avg, beta1, out=exp_avg)
+    xp.add(exp_avg, denom, out=exp_avg)
+    xp.multiply(exp_avg_sq, beta2, out=exp_avg_sq)
+    xp.multiply(grad, grad, out=denom)
+    xp.multiply(denom, 1 - beta2, out=denom)
+    xp.add(exp_avg_sq, denom, out=exp_avg_sq)
+    v = exp_avg_sq
+    if amsgrad:
+        xp.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        v = max_exp_avg_sq
+    bias_correction1, bias_correction2_sqrt = adam_bias_corrections(beta1, beta2, step)
+    xp.sqrt(v, out=denom)
+    xp.divide(denom, bias_correction2_sqrt, out=denom)
+    xp.add(denom, eps, out=denom)
+    xp.divide(exp_avg, denom, out=denom)
+    xp.multiply(denom, lr / bias_correction1, out=denom)
+    xp.subtract(param, denom, out=param)
+
+
+def _check_adam(fn: str, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, amsgrad) -> None:
+    count = len(params)
+    lists = {"grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs, "steps": steps}
+    if amsgrad:
+        lists["max_exp_avg_sqs"] = max_exp_avg_sqs if max_exp_avg_sqs is not None else ()
+    for name, values in lists.items():
+        if len(values) != count:
+            raise ValueError(f"{fn}: got {count} params and {len(values)} {name}; expected one per param"
+                             + (" (amsgrad needs max_exp_avg_sqs)" if name == "max_exp_avg_sqs" else ""))
+    for i, param in enumerate(params):
+        _check_float(fn, f"params[{i}]", param)
+        for name, values in lists.items():
+            if name != "steps":
+                _check_like(fn, f"{name}[{i}]", values[i], param.shape, param.dtype, f"those of params[{i}]")
+        if isinstance(steps[i], bool) or not isinstance(steps[i], (int, np.integer)) or steps[i] < 1:
+            raise ValueError(f"{fn}: steps[{i}] must be an int >= 1 (the update's count, from 1), "
+                             f"got {steps[i]!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,6 +473,23 @@ class NumpyKernels:
                 np.copyto(bufs[i].reshape(-1), flat_buf[start:stop])
             start = stop
 
+
+    # -- Adam -------------------------------------------------------------------------------
+
+    def adam_update_multi(self, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1,
+                          beta2, eps, weight_decay, decoupled, amsgrad):
+        """torch.optim.Adam's update (decoupled: AdamW's) of every parameter, in place.
+
+        params, grads, exp_avgs, exp_avg_sqs (and max_exp_avg_sqs when amsgrad, else None): lists of
+        arrays, each entry i of params[i]'s shape and dtype. steps[i] is params[i]'s update count
+        including this one (>= 1). Hyperparameters are Python numbers.
+        """
+        _check_adam("adam_update_multi", params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+                    amsgrad)
+        for i, param in enumerate(params):
+            _adam_update_arrays(np, param, grads[i], exp_avgs[i], exp_avg_sqs[i],
+                                max_exp_avg_sqs[i] if amsgrad else None, steps[i], lr, beta1, beta2, eps,
+                                weight_decay, decoupled, amsgrad)
 
 # Elements per chunk of the NumPy SGD update: four float32 chunks (param, grad, buf, scratch) take
 # 512 KiB, within L2; measured fastest among 4K..64K on the 784-512-512-10 model.
@@ -798,6 +875,18 @@ class CudaKernels:
             function(grid, (_THREADS_PER_BLOCK,), (table[()], np.int32(count), *scalars))
 
 
+    # -- Adam -------------------------------------------------------------------------------
+
+    def adam_update_multi(self, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1,
+                          beta2, eps, weight_decay, decoupled, amsgrad):
+        """NumpyKernels.adam_update_multi with CuPy's ufuncs (no Adam kernel of our own yet)."""
+        _check_adam("adam_update_multi", params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+                    amsgrad)
+        for i, param in enumerate(params):
+            _adam_update_arrays(self._cupy, param, grads[i], exp_avgs[i], exp_avg_sqs[i],
+                                max_exp_avg_sqs[i] if amsgrad else None, steps[i], lr, beta1, beta2, eps,
+                                weight_decay, decoupled, amsgrad)
+
 _cuda_kernels_by_device: dict[int, CudaKernels] = {}
 _cuda_kernels_lock = threading.Lock()
 
@@ -815,13 +904,49 @@ def _cuda_kernels_for_current_device() -> CudaKernels:
 
 
 _NUMPY_KERNELS = NumpyKernels()
+_cpu_kernels = None  # chosen at the first numpy array for_array sees (numba is imported only then)
+_cpu_kernels_lock = threading.Lock()
+
+CPU_KERNELS_ENV = "TENSORGRAD_CPU_KERNELS"
+
+
+def select_cpu_kernels():
+    """The kernels for numpy arrays, chosen now: cpu_kernels.NumbaKernels (compiled, multi-threaded) when
+    numba imports and TENSORGRAD_CPU_KERNELS is not `numpy`, else the NumPy twins. A value other than
+    `numba` or `numpy` is a ValueError naming the variable; `numba` without numba installed is an
+    ImportError (asked for explicitly, it must not fall back silently)."""
+    choice = os.environ.get(CPU_KERNELS_ENV, "").strip().lower()
+    if choice not in ("", "numba", "numpy"):
+        raise ValueError(f"{CPU_KERNELS_ENV}={choice!r}: expected 'numba' (compiled kernels, the default "
+                         "when numba is installed) or 'numpy' (the NumPy twins)")
+    if choice == "numpy":
+        return _NUMPY_KERNELS
+    try:
+        import numba  # noqa: F401  (only whether it imports)
+    except ImportError:
+        if choice == "numba":
+            raise ImportError(f"{CPU_KERNELS_ENV}=numba, but numba is not installed "
+                              "(pip install 'tensorgrad[fast]')") from None
+        return _NUMPY_KERNELS
+    from .cpu_kernels import NumbaKernels
+    return NumbaKernels()
+
+
+def _cpu_kernels_chosen():
+    global _cpu_kernels
+    with _cpu_kernels_lock:
+        if _cpu_kernels is None:
+            _cpu_kernels = select_cpu_kernels()
+        return _cpu_kernels
 
 
 def for_array(a):
-    """The kernels for `a`'s backend: NumpyKernels for numpy arrays, the CUDA kernels of the current
-    device for cupy arrays (compiled once per device and memoized)."""
+    """The kernels for `a`'s backend: for numpy arrays the compiled CPU kernels (cpu_kernels.NumbaKernels)
+    or, without numba or with TENSORGRAD_CPU_KERNELS=numpy, the NumPy twins (chosen once, at the first
+    call); for cupy arrays the CUDA kernels of the current device (compiled once per device and
+    memoized)."""
     if isinstance(a, np.ndarray):
-        return _NUMPY_KERNELS
+        return _cpu_kernels if _cpu_kernels is not None else _cpu_kernels_chosen()
     if backend.is_cupy_array(a):
         return _cuda_kernels_for_current_device()
     raise TypeError(f"kernels.for_array: expected a numpy or cupy array, got {type(a).__name__}")

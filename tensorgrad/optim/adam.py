@@ -9,17 +9,16 @@ For each parameter p with gradient g, at step t (counted per parameter, from 1):
     v_max = max(v_max, v)                       (amsgrad only; v_max replaces v below)
     p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 
-Everything runs in place on the state buffers with the array module's `out=` ufuncs; the only
-temporary per parameter is the denominator (plus g + lambda * p when Adam's weight decay is on, since
-the gradient itself must not change).
+`step` runs the update through the fused kernels (`kernels.for_array(p).adam_update_multi`: on the CPU
+one compiled pass per parameter when numba is installed, else NumPy's `out=` ufuncs); `step_reference`
+is the same update written as the formula reads, one parameter at a time, held equal to it by the
+tests.
 """
 
 from __future__ import annotations
 
-import math
-
-from .. import _checks
-from ..backend import quiet_numpy
+from .. import _checks, kernels
+from ..backend import array_module, quiet_numpy
 from .optimizer import Optimizer, grad_array, refuse_capture
 
 
@@ -52,56 +51,74 @@ class Adam(Optimizer):
         group["weight_decay"] = _checks.real(group["weight_decay"], name, "weight_decay value", low=0)
         group["amsgrad"] = _checks.flag(group["amsgrad"], name, "amsgrad")
 
+    def _batches(self, group: dict):
+        """The group's parameters that have a gradient, with their state (created at a parameter's first
+        step, its count advanced here), in calls that one adam_update_multi can take: one dtype and one
+        device each. Yields (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs or None, steps)."""
+        name = type(self).__name__
+        amsgrad = group["amsgrad"]
+        batches: dict = {}
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            grad = grad_array(p, name)
+            p._bump_version()  # the update below changes p in place: graphs that saved p must see it
+            refuse_capture(p, name, "the bias correction changes with every step")
+            state = self.state.setdefault(p, {})
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = p.xp.zeros_like(p.data)
+                state["exp_avg_sq"] = p.xp.zeros_like(p.data)
+                if amsgrad:
+                    state["max_exp_avg_sq"] = p.xp.zeros_like(p.data)
+            if amsgrad and "max_exp_avg_sq" not in state:  # amsgrad switched on after some steps
+                state["max_exp_avg_sq"] = p.xp.zeros_like(p.data)
+            state["step"] += 1
+            arrays = batches.setdefault((p.dtype, p.device), ([], [], [], [], [], []))
+            for values, value in zip(arrays, (p.data, grad, state["exp_avg"], state["exp_avg_sq"],
+                                              state.get("max_exp_avg_sq"), state["step"])):
+                values.append(value)
+        for params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps in batches.values():
+            yield params, grads, exp_avgs, exp_avg_sqs, (max_exp_avg_sqs if amsgrad else None), steps
+
     def step(self, closure=None):
-        """One update of every parameter that has a gradient; returns closure() when given."""
+        """One update of every parameter that has a gradient; returns closure() when given. Runs through
+        the fused kernels: one adam_update_multi call per parameter group, dtype and device."""
+        loss = self._closure_loss(closure)
+        with quiet_numpy():  # an update past the dtype's range is inf, silently as in PyTorch
+            for group in self.param_groups:
+                beta1, beta2 = group["betas"]
+                for params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps in self._batches(group):
+                    kernels.for_array(params[0]).adam_update_multi(
+                        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, group["lr"], beta1,
+                        beta2, group["eps"], group["weight_decay"], self._decoupled, group["amsgrad"])
+        return loss
+
+    def step_reference(self, closure=None):
+        """The same update as `step`, one parameter at a time with the formula as the module docstring
+        writes it, in the array module's ufuncs (for tests)."""
         loss = self._closure_loss(closure)
         with quiet_numpy():  # an update past the dtype's range is inf, silently as in PyTorch
             for group in self.param_groups:
                 lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
-                amsgrad = group["amsgrad"]
                 beta1, beta2 = group["betas"]
-                for p in group["params"]:
-                    if p.grad is None:
-                        continue
-                    xp, param, grad = p.xp, p.data, grad_array(p, type(self).__name__)
-                    p._bump_version()  # the update below changes p in place: graphs that saved p must see it
-                    refuse_capture(p, type(self).__name__, "the bias correction changes with every step")
-                    state = self.state.setdefault(p, {})
-                    if not state:
-                        state["step"] = 0
-                        state["exp_avg"] = xp.zeros_like(param)
-                        state["exp_avg_sq"] = xp.zeros_like(param)
-                        if amsgrad:
-                            state["max_exp_avg_sq"] = xp.zeros_like(param)
-                    state["step"] += 1
-                    step = state["step"]
-                    m, v = state["exp_avg"], state["exp_avg_sq"]
-
-                    if weight_decay != 0:
-                        if self._decoupled:
-                            xp.multiply(param, 1 - lr * weight_decay, out=param)
-                        else:
-                            grad = grad + weight_decay * param
-                    denom = xp.multiply(grad, 1 - beta1)  # scratch first, the denominator below
-                    xp.multiply(m, beta1, out=m)
-                    xp.add(m, denom, out=m)
-                    xp.multiply(v, beta2, out=v)
-                    xp.multiply(grad, grad, out=denom)
-                    xp.multiply(denom, 1 - beta2, out=denom)
-                    xp.add(v, denom, out=v)
-                    if amsgrad:
-                        v_max = state.setdefault("max_exp_avg_sq", xp.zeros_like(param))
-                        xp.maximum(v_max, v, out=v_max)
-                        v = v_max
-
-                    bias_correction1 = 1 - beta1 ** step
-                    bias_correction2_sqrt = math.sqrt(1 - beta2 ** step)
-                    xp.sqrt(v, out=denom)
-                    xp.divide(denom, bias_correction2_sqrt, out=denom)
-                    xp.add(denom, eps, out=denom)
-                    xp.divide(m, denom, out=denom)
-                    xp.multiply(denom, lr / bias_correction1, out=denom)
-                    xp.subtract(param, denom, out=param)
+                for params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps in self._batches(group):
+                    for i, (param, grad, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
+                        xp = array_module(param)
+                        if weight_decay != 0:
+                            if self._decoupled:
+                                xp.multiply(param, 1 - lr * weight_decay, out=param)
+                            else:
+                                grad = grad + weight_decay * param
+                        m[...] = beta1 * m + (1 - beta1) * grad
+                        v[...] = beta2 * v + (1 - beta2) * grad * grad
+                        if max_exp_avg_sqs is not None:
+                            xp.maximum(max_exp_avg_sqs[i], v, out=max_exp_avg_sqs[i])
+                            v = max_exp_avg_sqs[i]
+                        bias_correction1, bias_correction2_sqrt = kernels.adam_bias_corrections(
+                            beta1, beta2, steps[i])
+                        param[...] = param - lr / bias_correction1 * m / (xp.sqrt(v) / bias_correction2_sqrt
+                                                                         + eps)
         return loss
 
 
