@@ -301,6 +301,21 @@ def test_fit_on_two_ranks_matches_one_process(two_ranks, tmp_path):
     assert len(re.findall(r"^epoch 3/3 ", output, flags=re.M)) == 1
     assert (out / "checkpoint_rank0.npz").exists() and (out / "state_rank0.npz").exists()
     assert not (out / "checkpoint_rank1.npz").exists() and not (out / "state_rank1.npz").exists()
+    if ranks[0][1]["fit/plotted"]:
+        assert (out / "plot_rank0.png").exists() and not (out / "plot_rank1.png").exists()
+    # 2 epochs, then resumed to 3 from the state rank 0 wrote: where the 3 epochs straight through ended
+    for arrays, _ in ranks:
+        for name in common.parameters(net):
+            np.testing.assert_array_equal(arrays[f"resumed/{name}"], ranks[0][0][f"fit/{name}"])
+
+
+def test_unseeded_sharded_loader_takes_rank_0s_seed(two_ranks):
+    """Each rank seeded its host generator differently; the shards still split the same permutation."""
+    (arrays0, _), (arrays1, _) = two_ranks[0]
+    batches0, batches1 = arrays0["unseeded/batches"], arrays1["unseeded/batches"]
+    assert batches0.shape == batches1.shape == (4, 3)
+    together = np.concatenate([batches0, batches1], axis=1)
+    np.testing.assert_array_equal(np.sort(together.ravel()), np.arange(24))
 
 
 def test_a_raising_rank_ends_the_job_with_one_traceback():

@@ -150,6 +150,34 @@ def fit_case(out_dir, arrays, info):
                                                                "best_epoch", "steps")}
     for name, value in common.parameters(net).items():
         arrays[f"fit/{name}"] = value
+    try:
+        history.plot(os.path.join(out_dir, f"plot_rank{rank}.png"))
+        info["fit/plotted"] = True
+    except ImportError:
+        info["fit/plotted"] = False
+
+    # stopped after 2 epochs and resumed to 3 from rank 0's state file: the weights of the 3 epochs above
+    state = os.path.join(out_dir, "state.npz")
+
+    def run(epochs, resume=None):
+        train.load_state_dict({"shuffle_rng": tg.random.generator_state(np.random.default_rng(1))})
+        net = common.model(np.float64, seed=common.MODEL_SEED + rank)
+        ddp = dist.DistributedDataParallel(net)
+        fit(ddp, F.cross_entropy, common.optimizer("sgd", ddp.parameters()), train, val, epochs=epochs,
+            verbose=0, restore_best=False, state=state, resume=resume)
+        return net
+
+    run(2)
+    for name, value in common.parameters(run(3, resume=state)).items():
+        arrays[f"resumed/{name}"] = value
+
+
+def shard_true_without_seed(arrays):
+    """shard=True, seed=None and a different host seed on each rank: rank 0's seed is used by all."""
+    tg.manual_seed(100 + dist.get_rank())
+    loader = tg.data.DataLoader((np.arange(24.0)[:, None], np.arange(24)), batch_size=3, shuffle=True,
+                                shard=True)
+    arrays["unseeded/batches"] = np.stack([yb.data for _, yb in loader])
 
 
 def main(out_dir: str) -> None:
@@ -165,6 +193,7 @@ def main(out_dir: str) -> None:
     collectives(arrays, info)
     mismatched_shapes(info)
     fit_case(out_dir, arrays, info)
+    shard_true_without_seed(arrays)
     np.savez(os.path.join(out_dir, f"rank{world.rank}.npz"), **arrays)
     with open(os.path.join(out_dir, f"rank{world.rank}.json"), "w") as f:
         json.dump(info, f)
