@@ -66,6 +66,15 @@ def test_a_process_without_launcher_is_a_world_of_one(fresh_world):
     assert dist.is_main_process()
 
 
+def test_shard_true_in_a_world_of_one_is_the_whole_data_set(fresh_world):
+    data = (np.arange(10.0)[:, None], np.arange(10))
+    sharded = tg.data.DataLoader(data, batch_size=4, shuffle=True, seed=2, shard=True)
+    plain = tg.data.DataLoader(data, batch_size=4, shuffle=True, seed=2)
+    assert (sharded.rank, sharded.world_size, len(sharded), sharded.samples_per_epoch) == (0, 1, 3, 10)
+    for (_, a), (_, b) in zip(sharded, plain):
+        np.testing.assert_array_equal(a.data, b.data)
+
+
 def test_collectives_in_a_world_of_one_keep_the_values(fresh_world):
     dist.init()
     t = tg.tensor([1.5, -2.0])

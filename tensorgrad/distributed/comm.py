@@ -226,7 +226,7 @@ def reduce_array(world: World, array, op: str, caller: str) -> None:
         return
     host = array.get()
     _mpi_reduce(world, host, op, caller)
-    array.set(host)
+    array[...] = backend.cupy().asarray(host)
 
 
 def broadcast_array(world: World, array, src: int, caller: str) -> None:
@@ -250,7 +250,7 @@ def broadcast_array(world: World, array, src: int, caller: str) -> None:
         return
     host = array.get()
     broadcast_array(world, host, src, caller)
-    array.set(host)
+    array[...] = backend.cupy().asarray(host)
 
 
 def _check_mpi_dtype(array, caller: str) -> None:
