@@ -207,7 +207,9 @@ class TorchLib:
     def nll_loss(self, logp, target, reduction):
         return self.F.nll_loss(logp, self._target(target), reduction=reduction)
 
-    def mse_loss(self, a, b, reduction): return self.F.mse_loss(a, self._target(b), reduction=reduction)
+    def mse_loss(self, a, b, reduction):
+        # torch warns on a target of another shape: broadcast it first, as tensorgrad does
+        return self.F.mse_loss(*self.torch.broadcast_tensors(a, self._target(b)), reduction=reduction)
     def bce(self, p, t, reduction):
         return self.F.binary_cross_entropy(p, self._target(t), reduction=reduction)
 
@@ -310,6 +312,41 @@ def _dropout_mask(shape):
     return F.dropout(tg.ones(*shape, dtype=tg.float64), _dropout_p).numpy()
 
 
+_constant_row = np.array([[0.5, -1.0, 2.0]])
+
+
+def _in_place_arithmetic(x, w):
+    a = x * 2.0
+    a.mul_(w)
+    a.add_(w)
+    a.sub_(x)
+    a.div_(w * w + 1.0)
+    return a
+
+
+def _in_place(x, method):
+    a = x * 1.0
+    getattr(a, method)()
+    return a
+
+
+def _copied(x, v):
+    a = x * 1.0
+    a.copy_(v * v)
+    return a
+
+
+def _filled(x, v):
+    a = x * 1.0
+    a.fill_(v * v)
+    return a
+
+
+def _squared_in_place(a):
+    a **= 2
+    return a
+
+
 CASES = [
     # arithmetic, with broadcasting and Python scalars on either side
     Case("add", lambda L, x, y: sq(x + y), normal(2, 3), normal(3)),
@@ -383,6 +420,16 @@ CASES = [
          normal(2)),
     Case("setitem-advanced", lambda L, x, v: sq(L.setitem(x, np.array([2, 0]), v)), normal(3, 2),
          normal(2, 2)),
+    Case("setitem-broadcast", lambda L, x, v: sq(L.setitem(x, (slice(None), 1), v)), normal(2, 3),
+         np.array(0.7)),
+    # in-place ops recorded in the graph (on non-leaf tensors, as PyTorch allows)
+    Case("inplace-arithmetic", lambda L, x, w: sq(_in_place_arithmetic(x, w)), normal(2, 3), away(3)),
+    Case("inplace-relu_", lambda L, x: sq(_in_place(x, "relu_")), away(2, 3)),
+    Case("inplace-tanh_", lambda L, x: _in_place(x, "tanh_") * x, normal(2, 3)),
+    Case("inplace-sigmoid_", lambda L, x: _in_place(x, "sigmoid_") * x, normal(2, 3)),
+    Case("inplace-copy_", lambda L, x, v: _copied(x, v) * x, normal(2, 3), normal(3)),
+    Case("inplace-fill_", lambda L, x, v: _filled(x, v) * x, normal(2, 3), np.array(0.6)),
+    Case("inplace-pow", lambda L, x: _squared_in_place(x * x), normal(2, 3)),
     # a float64 -> float32 -> float64 round trip is exact only to float32's 1e-7: finite differences
     # take a larger step, and the comparison a float32 tolerance
     Case("astype", lambda L, x: L.to64(sq(L.to32(x))), normal(2, 3),
@@ -411,6 +458,16 @@ CASES = [
     Case("bce_with_logits-mean", lambda L, z: L.bce_logits(z, _bce_target, "mean"), normal(2, 3) * 2),
     Case("bce_with_logits-sum", lambda L, z: L.bce_logits(z, _bce_target, "sum"), normal(2, 3) * 2),
     Case("bce_with_logits-none", lambda L, z: L.bce_logits(z, _bce_target, "none"), normal(2, 3) * 2),
+    Case("binary_cross_entropy-target", lambda L, p, t: L.bce(p, t, "mean"), probabilities(2, 3),
+         probabilities(2, 3)),
+    Case("bce_with_logits-target", lambda L, z, t: L.bce_logits(z, t, "none"), normal(2, 3),
+         probabilities(2, 3)),
+    Case("cross_entropy-probabilities-target", lambda L, z, t: L.cross_entropy(z, t, "sum"), normal(3, 4),
+         _draw.dirichlet(np.ones(4), size=3)),
+    Case("mse_loss-broadcast", lambda L, a, b: L.mse_loss(a, b, "mean"), normal(2, 3), normal(3)),
+    Case("concatenate-constant", lambda L, x: sq(L.cat([x, L.const(_constant_row)], 0)), normal(2, 3)),
+    Case("where-broadcast-condition", lambda L, x, y: sq(L.where(_where[0], x, y)), normal(2, 3), normal(3)),
+    Case("softmax-0d", lambda L, x: L.softmax(x * x, -1) * x, np.array(0.3)),
     Case("dropout", lambda L, x: sq(L.dropout(x, _dropout_p, _dropout_mask((2, 4)), _dropout_seed)),
          normal(2, 4)),
 ]
@@ -444,8 +501,7 @@ def first_and_second(lib, case):
     return value, first, second
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
-def test_double_backward_matches_torch(case, torch):
+def assert_matches_torch(case, torch):
     rtol, atol = case.tolerance
     value, first, second = first_and_second(TG, case)
     value_t, first_t, second_t = first_and_second(TorchLib(torch), case)
@@ -457,6 +513,58 @@ def test_double_backward_matches_torch(case, torch):
         np.testing.assert_allclose(h, h_t, rtol=rtol, atol=atol, err_msg=f"second derivative, {what}")
     # not vacuous: some second derivative is non-zero for every case
     assert any(np.abs(h).max() > 1e-3 for h in second_t if h.size)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_double_backward_matches_torch(case, torch):
+    assert_matches_torch(case, torch)
+
+
+# At kinks and ties finite differences mean nothing; what matters is the convention, PyTorch's: the
+# subgradient relu'(0) = abs'(0) = 0, a tie of max splits the gradient evenly, maximum's tie in halves.
+KINKS = [
+    Case("max-ties", lambda L, x: sq(L.max(x, 1)), np.array([[1.0, 1.0, 0.2], [0.5, -1.0, 0.5]])),
+    Case("max-all-ties", lambda L, x: sq(L.max(x)), np.array([[1.0, 1.0], [0.5, 1.0]])),
+    Case("min-ties", lambda L, x: sq(L.min(x, 0)), np.array([[1.0, -2.0], [1.0, -2.0]])),
+    Case("maximum-ties", lambda L, x, y: sq(L.maximum(x, y)), np.array([1.0, 2.0]), np.array([1.0, 0.5])),
+    Case("minimum-ties", lambda L, x, y: sq(L.minimum(x, y)), np.array([1.0, 2.0]), np.array([1.0, 0.5])),
+    Case("abs-at-0", lambda L, x: L.abs(x) * x, np.array([0.0, 1.0, -2.0])),
+    Case("relu-at-0", lambda L, x: L.relu(x) * x, np.array([0.0, 1.0, -2.0])),
+    Case("leaky_relu-at-0", lambda L, x: L.leaky_relu(x, 0.1) * x, np.array([0.0, 1.0, -2.0])),
+    Case("pow-0-at-0", lambda L, x: x ** 0 * x * x, np.array([0.0, 1.0, -2.0])),
+    Case("pow-1-at-0", lambda L, x: x ** 1 * x, np.array([0.0, 1.0, -2.0])),
+    Case("pow-2-at-0", lambda L, x: x ** 2, np.array([0.0, 1.0, -2.0])),
+]
+
+
+@pytest.mark.parametrize("case", KINKS, ids=lambda case: case.name)
+def test_conventions_at_kinks_and_ties_match_torch(case, torch):
+    assert_matches_torch(case, torch)
+
+
+class HalfLib(TgLib):
+    """tensorgrad in float16: leaves (and the upstream gradient) rounded to half precision."""
+
+    def leaf(self, a):
+        return tg.tensor(np.array(a, dtype=np.float16), requires_grad=True)
+
+
+HALF = ["linear-tanh-bias-3d", "linear-sigmoid-nobias-2d", "softmax", "log_softmax", "cross_entropy-mean",
+        "nll_loss-of-log_softmax", "mse_loss-mean", "bce_with_logits-mean", "sigmoid", "tanh", "mul", "exp"]
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.name in HALF], ids=lambda case: case.name)
+def test_float16_second_derivatives_stay_float16_and_match_float64(case, torch):
+    rounded = Case(case.name, case.fn, *(a.astype(np.float16).astype(np.float64) for a in case.arrays))
+    value, first, second = first_and_second(HalfLib(), rounded)
+    _, first_t, second_t = first_and_second(TorchLib(torch), rounded)
+    assert value.dtype == np.float16
+    for found, expected in ((first, first_t), (second, second_t)):
+        for got, want in zip(found, expected):
+            assert got.dtype == np.float16
+            # half precision: 3 decimal digits, and the upstream gradient is rounded on our side only
+            np.testing.assert_allclose(got.astype(np.float64), want, rtol=2e-2,
+                                       atol=2e-2 * max(1.0, np.abs(want).max()))
 
 
 def test_the_cases_cover_every_op_family():
@@ -570,7 +678,7 @@ def _tg_loss(model, x, target, loss_name):
 
 
 MLPS = [(tg.nn.Tanh, "cross_entropy"), (tg.nn.Sigmoid, "mse"), (tg.nn.Sigmoid, "cross_entropy"),
-        (tg.nn.Tanh, "mse")]
+        (tg.nn.Tanh, "mse"), (tg.nn.ReLU, "mse")]
 
 
 def _hvp(model, x, target, loss_name, directions):
@@ -588,7 +696,7 @@ def test_mlp_hessian_vector_product_matches_torch(activation, loss_name, torch):
 
     TF = torch.nn.functional
     w1, b1, w2, b2 = [torch.tensor(p.numpy(), requires_grad=True) for p in model.parameters()]
-    act = torch.tanh if activation is tg.nn.Tanh else torch.sigmoid
+    act = {tg.nn.Tanh: torch.tanh, tg.nn.Sigmoid: torch.sigmoid, tg.nn.ReLU: torch.relu}[activation]
     out = TF.linear(act(TF.linear(torch.tensor(x), w1, b1)), w2, b2)
     loss = (TF.cross_entropy(out, torch.tensor(target)) if loss_name == "cross_entropy"
             else TF.mse_loss(out, torch.tensor(target)))
