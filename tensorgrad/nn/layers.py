@@ -7,7 +7,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .. import _checks
+from .. import _checks, autograd, kernels
+from ..ops import nn_ops
 from ..tensor import Tensor, as_dtype, float32, zeros
 from . import functional as F
 from . import init
@@ -252,8 +253,15 @@ class Sequential(Module):
                 x = activation(module(x))
             else:
                 # The dense layer's epilogue: bias and activation applied in one pass over the GEMM output.
-                x = F.linear(x, module.weight, module.bias, activation=activation.kind,
-                             alpha=activation.alpha)
+                # F.linear's node, called directly: a Linear's weight and bias can only be Parameters (or
+                # None), so F.linear's checks reduce to the fast paths below; anything else goes through
+                # F.linear, which says what is wrong.
+                weight, bias, kind, alpha = module.weight, module.bias, activation.kind, activation.alpha
+                if (not isinstance(x, Tensor) or weight is None or kind not in kernels.ACTIVATIONS
+                        or type(alpha) is not float or not math.isfinite(alpha)):
+                    x = F.linear(x, weight, bias, activation=kind, alpha=alpha)
+                else:
+                    x = autograd.apply(nn_ops.Linear(), x, weight, bias, activation=kind, alpha=alpha)
         return x
 
     def _plan(self) -> tuple:

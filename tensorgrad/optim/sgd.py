@@ -8,13 +8,17 @@ For each parameter p with gradient g (lambda = weight_decay, mu = momentum, tau 
     p = p - lr * d
 
 The step runs through the fused update kernels: one `sgd_update_multi` call per parameter group (on
-CUDA a single launch for all of the group's parameters); `step_reference` is the same update written as
-a readable loop over parameters, kept beside it and held equal to it by the tests.
+CUDA a single launch for all of the group's parameters), and for a small model on the CPU one call on a
+flat array that holds the whole group (`_update_flat`); `step_reference` is the same update written as a
+readable loop over parameters, kept beside it and held equal to it by the tests.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import _checks, kernels
+from ..autograd import bump_version
 from ..backend import quiet_numpy
 from .optimizer import Optimizer, grad_array, refuse_capture
 
@@ -34,6 +38,8 @@ class SGD(Optimizer):
         defaults = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
                     "nesterov": nesterov}
         super().__init__(params, defaults)
+        # id(flat array) -> (flat array, its views): the momentum buffers laid out by _new_buffers
+        self._flat_buffers: dict = {}
 
     def _validate(self, group: dict) -> None:
         # finite numbers only: a NaN learning rate or momentum would silently turn every parameter NaN
@@ -49,33 +55,67 @@ class SGD(Optimizer):
 
     def _batches(self, group: dict):
         """The group's parameters that have a gradient, split into calls that one kernel launch can take:
-        one dtype and one device per call, and first steps (momentum buffer still unset) apart."""
+        one dtype and one device per call, and first steps (momentum buffer still unset) apart.
+        Returns [(params, grads, bufs or None, first step)], arrays."""
         momentum = group["momentum"]
+        state = self.state
         batches: dict = {}
         for p in group["params"]:
-            if p.grad is None:
+            g = p.grad
+            if g is None:
                 continue
-            grad = grad_array(p, "SGD")
-            p._bump_version()  # the update below changes p in place: graphs that saved p must see it
+            data, grad = p.data, g.data
+            # what autograd delivers passes as it is; anything else is checked and converted there
+            if grad.shape != data.shape or grad.dtype != data.dtype or not grad.flags.c_contiguous:
+                grad = grad_array(p, "SGD")
+            bump_version(p)  # the update below changes p in place: graphs that saved p must see it
             buf = None
-            first = False
             if momentum != 0:
-                state = self.state.setdefault(p, {})
-                buf = state.get("momentum_buffer")
+                buffers = state.get(p)
+                if buffers is None:
+                    buffers = state[p] = {}
+                buf = buffers.get("momentum_buffer")
                 if buf is None:
                     refuse_capture(p, "SGD", "a momentum buffer's first step (it starts the buffer; later "
                                    "steps update it) would be replayed as a first step every time; take one "
                                    "eager step first")
-                    # uninitialised: the kernel's first step copies d into it
-                    buf = state["momentum_buffer"] = p.xp.empty_like(p.data)
-                    first = True
-            key = (p.dtype, p.device, first)
-            params, grads, bufs = batches.setdefault(key, ([], [], []))
-            params.append(p.data)
-            grads.append(grad)
-            bufs.append(buf)
-        for (_, _, first), (params, grads, bufs) in batches.items():
-            yield params, grads, (bufs if momentum != 0 else None), first
+            # the array type stands for the device: NumPy arrays live on the CPU, CuPy arrays on the GPU;
+            # a parameter without a buffer yet takes its first momentum step, apart from the others
+            key = (data.dtype, type(data), momentum != 0 and buf is None)
+            batch = batches.get(key)
+            if batch is None:
+                batch = batches[key] = ([], [], [], [])
+            batch[0].append(data)
+            batch[1].append(grad)
+            batch[2].append(buf)
+            batch[3].append(p)
+        result = []
+        for (_, _, first), (params, grads, bufs, owners) in batches.items():
+            if first:
+                bufs = self._new_buffers(params, owners)
+            result.append((params, grads, bufs if momentum != 0 else None, first))
+        return result
+
+    def _new_buffers(self, params: list, owners: list) -> list:
+        """Uninitialised momentum buffers for `params` (their first step copies d into them), stored in
+        the state of `owners`. A small NumPy batch gets them as consecutive views of one flat array, so
+        that `step` can update that array in one call."""
+        if _flat_batch(params):
+            flat = np.empty(sum(p.size for p in params), dtype=params[0].dtype)
+            bufs, start = [], 0
+            for param in params:
+                bufs.append(flat[start:start + param.size].reshape(param.shape))
+                start += param.size
+            self._flat_buffers[id(flat)] = (flat, bufs)
+        else:
+            bufs = [owner.xp.empty_like(param) for owner, param in zip(owners, params)]
+        for owner, buf in zip(owners, bufs):
+            self.state[owner]["momentum_buffer"] = buf
+        return bufs
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._flat_buffers.clear()  # the loaded buffers are arrays of their own, no flat layout's views
 
     def step(self, closure=None):
         """One update of every parameter that has a gradient; returns closure() when given."""
@@ -83,10 +123,40 @@ class SGD(Optimizer):
         with quiet_numpy():  # an update past the dtype's range is inf, silently as in PyTorch
             for group in self.param_groups:
                 for params, grads, bufs, first in self._batches(group):
+                    if _flat_batch(params):
+                        self._update_flat(group, params, grads, bufs, first)
+                        continue
                     kernels.for_array(params[0]).sgd_update_multi(
                         params, grads, bufs, group["lr"], group["weight_decay"], group["momentum"],
                         group["dampening"], group["nesterov"], first)
         return loss
+
+    def _update_flat(self, group: dict, params: list, grads: list, bufs: list | None, first: bool) -> None:
+        """A small NumPy batch updated as one flat array: one kernel call for the batch, where one per
+        parameter would cost more in calls than in arithmetic. The parameters are gathered into one array
+        and written back (they keep their own arrays); the momentum buffers are used in place when they
+        are the consecutive views `_new_buffers` made, else gathered and written back too."""
+        flat_param = np.concatenate(params, axis=None)  # axis=None flattens each array on the way in
+        flat_grad = np.concatenate(grads, axis=None)
+        flat_buf, scatter_bufs = None, False
+        if bufs is not None:
+            base = bufs[0].base
+            laid_out = self._flat_buffers.get(id(base)) if base is not None else None
+            if (laid_out is not None and laid_out[0] is base and len(laid_out[1]) == len(bufs)
+                    and all(a is b for a, b in zip(laid_out[1], bufs))):
+                flat_buf = base
+            else:  # buffers loaded from a state dict, or a batch other than the one they were made for
+                flat_buf, scatter_bufs = np.concatenate(bufs, axis=None), True
+        kernels.for_array(flat_param).sgd_update(
+            flat_param, flat_grad, flat_buf, group["lr"], group["weight_decay"], group["momentum"],
+            group["dampening"], group["nesterov"], first)
+        start = 0
+        for i, param in enumerate(params):
+            stop = start + param.size
+            np.copyto(param.reshape(-1), flat_param[start:stop])
+            if scatter_bufs:
+                np.copyto(bufs[i].reshape(-1), flat_buf[start:stop])
+            start = stop
 
     def step_reference(self, closure=None):
         """The same update as `step`, one parameter at a time with the unfused formula (for tests)."""
@@ -101,3 +171,18 @@ class SGD(Optimizer):
                             first)
         return loss
 
+
+
+# Up to this many elements a batch of NumPy parameters is updated as one flat array (SGD._update_flat):
+# gathering and scattering it costs a few microseconds, one kernel call per parameter more.
+FLAT_UPDATE_LIMIT = 32768
+
+
+def _flat_batch(params: list) -> bool:
+    """Whether a batch (one dtype, one device) is updated as one flat array: several small NumPy arrays."""
+    if len(params) < 2 or type(params[0]) is not np.ndarray:
+        return False
+    total = 0
+    for param in params:
+        total += param.size
+    return total <= FLAT_UPDATE_LIMIT
