@@ -627,6 +627,39 @@ def test_gradgradcheck_passes_for_a_correct_double_backward_and_checks_grad_outp
     assert tg.gradgradcheck(lambda a, b: (a * b).tanh(), [x, y], grad_outputs=[constant]) is True
 
 
+class _SquareWithDetachedUpstream(tg.autograd.Node):
+    """x^2 whose differentiable backward uses the upstream gradient's value but not its graph."""
+
+    name = "detached_square"
+
+    def forward(self, x):
+        self.x = x
+        return x * x
+
+    def backward(self, g):
+        if isinstance(g, tg.Tensor):
+            x = self.saved_inputs[0]
+            return (2.0 * x * g.detach(),)
+        return (2.0 * g * self.x,)
+
+
+def test_gradgradcheck_names_the_grad_output_whose_derivative_is_wrong():
+    x = leaf([0.5, -1.0])
+    with pytest.raises(tg.GradcheckError) as info:
+        tg.gradgradcheck(lambda a: tg.autograd.apply(_SquareWithDetachedUpstream(), a), [x])
+    # d(2 x g)/dg = 2 x is lost: analytic 0; the default upstream is input 1, named 'grad_output 0'
+    assert "with respect to 'grad_output 0' (input 1)" in str(info.value)
+    assert "analytic 0 vs numeric 1" in str(info.value)  # 2 * 0.5 at element 0
+
+
+def test_gradgradcheck_with_several_outputs_and_an_unused_input():
+    x, y, unused = leaf([0.5, -1.0]), leaf([1.5, 0.25]), leaf([3.0])
+    assert tg.gradgradcheck(lambda a, b, c: ((a * b).exp(), (a ** 3).sum()), [x, y, unused]) is True
+    elsewhere = leaf([2.0])  # requires grad, but is not one of the inputs
+    with pytest.raises(ValueError, match="no output of fn depends on an input that requires grad"):
+        tg.gradgradcheck(lambda a: elsewhere * 2.0, [leaf([1.0])])
+
+
 @pytest.mark.parametrize("call, error, words", [
     (lambda: tg.gradgradcheck("f", [leaf([1.0])]), TypeError, "gradgradcheck: expected fn to be callable"),
     (lambda: tg.gradgradcheck(lambda a: a * a, [tg.tensor([1.0])]), ValueError, "no input requires grad"),
@@ -1323,3 +1356,77 @@ def test_example_as_a_script(tmp_path):
     bad = subprocess.run([sys.executable, script, "--steps", "-1"], cwd=tmp_path, capture_output=True,
                          text=True, timeout=120, env=env)
     assert bad.returncode == 2 and "--steps must be >= 0" in bad.stderr
+
+
+def test_second_derivative_through_a_deep_chain_matches_forward_mode_by_hand():
+    # y = tanh(0.999 y) applied 3000 times: the engine walks 6000+ recorded nodes without recursion.
+    # Reference: y' and y'' carried forward through each step by the chain rule, in plain floats.
+    x = leaf([0.3])
+    y = x
+    for _ in range(3000):
+        y = (y * 0.999).tanh()
+    (g,) = tg.grad(y.sum(), x, create_graph=True)
+    (h,) = tg.grad(g.sum(), x)
+    value, first, second = 0.3, 1.0, 0.0
+    for _ in range(3000):
+        t = math.tanh(0.999 * value)
+        slope = 1 - t * t  # tanh' at the step's input; tanh'' = -2 t slope
+        second = slope * 0.999 * second - 2 * t * slope * (0.999 * first) ** 2
+        first = slope * 0.999 * first
+        value = t
+    assert g.item() == pytest.approx(first, rel=1e-9)
+    assert h.item() == pytest.approx(second, rel=1e-9)
+
+
+def test_a_leaf_hook_runs_in_the_recorded_backward(torch):
+    x = leaf([0.5, -1.5])
+    x.register_hook(lambda g: g * 2.0)
+    (g,) = tg.grad((x ** 3).sum(), x, create_graph=True)
+    (h,) = tg.grad(g.sum(), x)
+    xt = torch.tensor([0.5, -1.5], dtype=torch.float64, requires_grad=True)
+    xt.register_hook(lambda g: g * 2.0)
+    (gt,) = torch.autograd.grad((xt ** 3).sum(), xt, create_graph=True)
+    (ht,) = torch.autograd.grad(gt.sum(), xt)
+    np.testing.assert_allclose(g.numpy(), 6 * x.numpy() ** 2, rtol=1e-15)  # 2 * 3 x^2
+    np.testing.assert_allclose(h.numpy(), ht.numpy(), rtol=1e-15)
+
+
+def test_a_post_accumulate_hook_sees_the_graph_carrying_grad():
+    x = leaf([0.5, -1.5])
+    seen = []
+    x.register_post_accumulate_grad_hook(lambda t: seen.append(t.grad.requires_grad))
+    (x ** 3).sum().backward(create_graph=True)
+    assert seen == [True]
+    (h,) = tg.grad(x.grad.sum(), x)
+    np.testing.assert_allclose(h.numpy(), 6 * x.numpy(), rtol=1e-15)
+
+
+def test_create_graph_with_an_array_upstream_and_the_same_input_twice():
+    x = leaf([0.5, -1.5])
+    g1, g2 = tg.grad(x ** 3, [x, x], grad_outputs=np.array([1.0, 2.0]), create_graph=True)
+    np.testing.assert_allclose(g1.numpy(), g2.numpy())
+    assert g1.requires_grad and g2.requires_grad
+    (h,) = tg.grad(g1.sum(), x)
+    np.testing.assert_allclose(h.numpy(), 6 * x.numpy() * [1.0, 2.0], rtol=1e-15)
+
+
+def test_a_float64_upstream_that_requires_grad_for_a_float32_output():
+    x = tg.tensor([0.5, -1.5], requires_grad=True)
+    v = leaf([1.0, 2.0])
+    (g,) = tg.grad(x ** 3, x, grad_outputs=v, create_graph=True)
+    assert g.dtype == np.float32  # the upstream is cast to the output's dtype, inside the graph
+    (dv,) = tg.grad(g.sum(), v)
+    assert dv.dtype == np.float64
+    np.testing.assert_allclose(dv.numpy(), 3 * x.numpy().astype(np.float64) ** 2, rtol=1e-6)
+
+
+def test_clip_grad_norm_scales_graph_carrying_gradients():
+    tg.manual_seed(0)
+    model = tg.nn.Linear(3, 2, dtype=tg.float64)
+    (model(tg.tensor(np.ones((1, 3)))) ** 2).sum().backward(create_graph=True)
+    before = [p.grad.numpy().copy() for p in model.parameters()]
+    total = math.sqrt(sum(float((b ** 2).sum()) for b in before))
+    norm = tg.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+    assert float(norm) == pytest.approx(total, rel=1e-12)
+    for p, b in zip(model.parameters(), before):
+        np.testing.assert_allclose(p.grad.numpy(), b * 0.1 / (total + 1e-6), rtol=1e-12)
