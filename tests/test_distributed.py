@@ -318,6 +318,20 @@ def test_fit_on_two_ranks_matches_one_process(two_ranks, tmp_path):
             np.testing.assert_array_equal(arrays[f"resumed/{name}"], ranks[0][0][f"fit/{name}"])
 
 
+def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(two_ranks):
+    ranks, _, _ = two_ranks
+    straight = ranks[0][1]["fit/history"]
+    for arrays, info in ranks:
+        assert info["interrupted/history"] == {"stop_reason": "interrupted", "steps": 8, "epochs_done": 1}
+        resumed = info["interrupted/resumed_history"]
+        assert resumed["steps"] == straight["steps"] == 18
+        # epoch 2's loss adds the 2 steps before the stop (rank 0's file holds both ranks' sums) to the rest
+        np.testing.assert_allclose(resumed["train_loss"], straight["train_loss"], rtol=1e-12, atol=0)
+        np.testing.assert_array_equal(resumed["val_loss"], straight["val_loss"])
+        for name in common.parameters(common.model(np.float64)):
+            np.testing.assert_array_equal(arrays[f"interrupted/{name}"], ranks[0][0][f"fit/{name}"])
+
+
 def test_unseeded_sharded_loader_takes_rank_0s_seed(two_ranks):
     """Each rank seeded its host generator differently; the shards still split the same permutation."""
     (arrays0, _), (arrays1, _) = two_ranks[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 
 import numpy as np
@@ -159,17 +160,38 @@ def fit_case(out_dir, arrays, info):
     # stopped after 2 epochs and resumed to 3 from rank 0's state file: the weights of the 3 epochs above
     state = os.path.join(out_dir, "state.npz")
 
-    def run(epochs, resume=None):
+    def run(epochs, resume=None, loss_fn=F.cross_entropy):
         train.load_state_dict({"shuffle_rng": tg.random.generator_state(np.random.default_rng(1))})
         net = common.model(np.float64, seed=common.MODEL_SEED + rank)
         ddp = dist.DistributedDataParallel(net)
-        fit(ddp, F.cross_entropy, common.optimizer("sgd", ddp.parameters()), train, val, epochs=epochs,
-            verbose=0, restore_best=False, state=state, resume=resume)
-        return net
+        history = fit(ddp, loss_fn, common.optimizer("sgd", ddp.parameters()), train, val, epochs=epochs,
+                      verbose=0, restore_best=False, state=state, resume=resume)
+        return net, history
 
     run(2)
-    for name, value in common.parameters(run(3, resume=state)).items():
+    for name, value in common.parameters(run(3, resume=state)[0]).items():
         arrays[f"resumed/{name}"] = value
+
+    # a Ctrl-C that reaches rank 1 alone, during the 8th step (the 2nd of epoch 2): every rank stops
+    # after that step, rank 0 writes the state with both ranks' partial sums, and the resumed run ends
+    # where the uninterrupted one did
+    training_calls = [0]
+
+    def interrupted_on_rank_1(out, y):
+        if tg.is_grad_enabled():
+            training_calls[0] += 1
+            if rank == 1 and training_calls[0] == 8:
+                os.kill(os.getpid(), signal.SIGINT)
+        return F.cross_entropy(out, y)
+
+    _, stopped = run(3, loss_fn=interrupted_on_rank_1)
+    info["interrupted/history"] = {"stop_reason": stopped.stop_reason, "steps": stopped.steps,
+                                   "epochs_done": stopped.epochs_done}
+    net, resumed = run(3, resume=state)
+    info["interrupted/resumed_history"] = {k: resumed.to_dict()[k]
+                                           for k in ("train_loss", "val_loss", "steps")}
+    for name, value in common.parameters(net).items():
+        arrays[f"interrupted/{name}"] = value
 
 
 def shard_true_without_seed(arrays):
