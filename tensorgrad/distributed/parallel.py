@@ -59,10 +59,6 @@ class _Bucket:
         self.request = None
         self.local_flags = None
 
-    @property
-    def nbytes(self) -> int:
-        return (self.numel + len(self.params)) * self.dtype.itemsize
-
 
 class DistributedDataParallel(Module):
     """Wrap `module` for data-parallel training: `DistributedDataParallel(model, bucket_cap_mb=25)`.
@@ -70,9 +66,10 @@ class DistributedDataParallel(Module):
     Call it like the module (forward is the module's). Every rank runs its own shard of the global batch
     through it; after `loss.backward()` every parameter's `.grad` holds the mean over ranks of the
     per-rank gradients, the same array values on every rank. The `.grad` arrays are views of the
-    wrapper's buckets, reused each step: copy one to keep it past the next backward. `.module` is the wrapped
-    model; `state_dict()` / `load_state_dict()` are the wrapped model's (no 'module.' prefix), so a
-    checkpoint loads into an unwrapped model too.
+    wrapper's buckets, reused each step: copy one to keep it past the next backward. `.module` is the
+    wrapped model; `state_dict()` / `load_state_dict()` are the wrapped model's (no 'module.' prefix),
+    so a checkpoint loads into an unwrapped model too. Wrap the model after moving it to its device
+    and dtype.
 
     bucket_cap_mb: the largest bucket, in MiB (2**20 bytes) of gradients; a parameter larger than that
       is a bucket of its own. Smaller buckets start reducing sooner (more overlap), larger ones cost
@@ -108,6 +105,10 @@ class DistributedDataParallel(Module):
         if self.world.size == 1:
             return
         _check_same_parameters(self.world, named)
+        for name, p in named:
+            if isinstance(p.data, np.ndarray) and p.data.dtype not in (np.float32, np.float64):
+                raise TypeError(f"DistributedDataParallel: MPI reduces float32 and float64 gradients; "
+                                f"parameter {name!r} is {p.data.dtype} on the CPU (cast the model first)")
         if broadcast_parameters:
             for _, p in named:
                 comm.broadcast_array(self.world, p.data, 0, "DistributedDataParallel")
