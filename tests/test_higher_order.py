@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tensorgrad as tg
 from tensorgrad.nn import functional as F
@@ -686,6 +688,35 @@ def test_gradgradcheck_refuses_bad_arguments_naming_them(call, error, words):
     with pytest.raises(error) as info:
         call()
     assert words in str(info.value)
+
+
+_CONTRACT = (ValueError, TypeError, IndexError, RuntimeError)
+_FUZZ_INPUTS = [lambda: leaf([0.5, -1.0]), lambda: tg.tensor([0.5, -1.0], requires_grad=True),
+                lambda: tg.tensor([0.5, -1.0]), lambda: tg.tensor([1, 2]), lambda: leaf(0.5), lambda: None,
+                lambda: "x", lambda: np.array([0.5, -1.0]), lambda: leaf([np.nan, 1.0]), lambda: leaf([])]
+_FUZZ_FNS = [lambda a: (a * a).tanh(), lambda a: a.sum() * a, lambda a: (a, a * 2.0), lambda a: 1.0,
+             lambda a: None, lambda a: a.detach(), lambda a: [a], lambda a: a[0]]
+_FUZZ_GRAD_OUTPUTS = [lambda: None, lambda: leaf([1.0, 2.0]), lambda: [leaf([1.0, 2.0])], lambda: leaf([1.0]),
+                      lambda: tg.tensor([1.0, 2.0], requires_grad=True), lambda: tg.tensor([1, 2]),
+                      lambda: [], lambda: "g", lambda: np.ones(2), lambda: [None], lambda: leaf(1.0)]
+_FUZZ_TOLERANCES = [{}, {"eps": 0}, {"eps": -1e-3}, {"atol": "1"}, {"rtol": np.nan}, {"eps": True},
+                    {"atol": 1e300}, {"eps": 1e-4, "rtol": 0.0}]
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(st.integers(0, len(_FUZZ_INPUTS) - 1), st.integers(0, len(_FUZZ_FNS) - 1),
+       st.integers(0, len(_FUZZ_GRAD_OUTPUTS) - 1), st.integers(0, len(_FUZZ_TOLERANCES) - 1))
+def test_fuzz_gradgradcheck_arguments_keep_the_contract(i, j, k, m):
+    """Whatever arrives, gradgradcheck answers True, GradcheckError, or a contract error that names it
+    (or the op, or grad, that refused)."""
+    try:
+        result = tg.gradgradcheck(_FUZZ_FNS[j], [_FUZZ_INPUTS[i]()], grad_outputs=_FUZZ_GRAD_OUTPUTS[k](),
+                                  **_FUZZ_TOLERANCES[m])
+    except _CONTRACT as exc:
+        names = ("gradgradcheck", "grad", "backward", "mul", "tanh", "sum", "getitem")
+        assert any(name in str(exc) for name in names), f"{type(exc).__name__}: {exc}"
+        return
+    assert result is True
 
 
 # ---------------------------------------------------------------------------------------------
