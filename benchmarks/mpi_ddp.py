@@ -210,7 +210,7 @@ def mpiexec() -> str:
 
 def launch(mode: str, ranks: int, threads: int, repeats: int, bucket_mb: float) -> dict:
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
-               MKL_NUM_THREADS=str(threads), TENSORGRAD_DEVICE="cpu")
+               MKL_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads), TENSORGRAD_DEVICE="cpu")
     command = [sys.executable, __file__, "--mode", mode, "--ranks", str(ranks), "--repeats", str(repeats),
                "--bucket-mb", str(bucket_mb)]
     if ranks > 1 or mode != "step":

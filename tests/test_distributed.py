@@ -185,7 +185,7 @@ def _needs_mpi():
 def run_mpi(*args, ranks: int = 2, timeout: float = 120, cwd=None) -> subprocess.CompletedProcess:
     """`mpiexec -n ranks python args...` with one BLAS thread per rank (this machine has 2 cores)."""
     env = {k: v for k, v in os.environ.items() if k not in comm._LAUNCHER_VARIABLES}
-    env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+    env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]))
     return subprocess.run([_mpiexec(), "-n", str(ranks), sys.executable, *map(str, args)], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
