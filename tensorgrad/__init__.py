@@ -3,6 +3,7 @@
 from . import backend, data, graphs, nn, optim, training, viz
 from .autograd import detect_anomaly, enable_grad, grad, is_grad_enabled, no_grad
 from .backend import cuda_available, default_device, set_default_device
+from .cpu_kernels import get_num_threads, set_num_threads
 from .functions import concatenate, exp, log, maximum, minimum, sigmoid, sqrt, stack, tanh, where
 from .gradcheck import GradcheckError, gradcheck, gradgradcheck
 from .random import manual_seed
@@ -36,6 +37,7 @@ __all__ = [
     "no_grad", "enable_grad", "is_grad_enabled", "grad", "detect_anomaly", "gradcheck", "gradgradcheck",
     "GradcheckError",
     "concatenate", "stack", "where", "maximum", "minimum", "exp", "log", "sqrt", "sigmoid", "tanh",
-    "cuda_available", "default_device", "set_default_device", "backend", "data",
+    "cuda_available", "default_device", "set_default_device", "set_num_threads", "get_num_threads",
+    "backend", "data",
     "nn", "optim", "save", "load", "viz", "training", "graphs",
 ]

@@ -161,7 +161,7 @@ def _adam_update_arrays(xp, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, st
             xp.multiply(param, 1 - lr * weight_decay, out=param)
         else:
             grad = grad + weight_decay * param
-    denom = xp.multiply(grad, 1 - beta1)  # scratch first, the denominator below
+    denom = xp.multiply(grad, 1 - beta1, out=xp.empty_like(param))  # scratch first, the denominator below
     xp.multiply(exp_avg, beta1, out=exp_avg)
     xp.add(exp_avg, denom, out=exp_avg)
     xp.multiply(exp_avg_sq, beta2, out=exp_avg_sq)
