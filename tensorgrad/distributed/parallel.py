@@ -238,7 +238,11 @@ class DistributedDataParallel(Module):
             # packing and averaging in one pass: each rank's share, gradient / world size, is summed
             xp.divide(data.reshape(-1), world_size, out=buffer[start:start + size])
             flags[i] = 1
-        buffer[bucket.numel:] = xp.asarray(flags, dtype=bucket.dtype)
+        # the counts are written on the device (fills, not a host-to-device copy that would wait)
+        buffer[bucket.numel:] = 1
+        for i, present in enumerate(flags):
+            if not present:
+                buffer[bucket.numel + i] = 0
         bucket.local_flags = flags
         if isinstance(buffer, np.ndarray):
             bucket.request = self.world.comm.Iallreduce(_in_place(), buffer, op=comm.mpi_op("sum"))
