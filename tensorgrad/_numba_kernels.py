@@ -275,18 +275,53 @@ def bias_forward_parallel(kind, x, bias, y, alpha):
         bias_forward_rows(kind, x, bias, y, alpha, start, min(rows, start + rows_per_block))
 
 
+@njit(inline="always", **_ACTIVATION_OPTIONS)
+def _slope(kind, y, alpha):
+    """f'(x) from y = f(x), as in backward_span; inlined where kind is a constant, so it folds away."""
+    one = as_type_of(alpha, 1.0)
+    if kind == IDENTITY:
+        return one
+    if kind == SIGMOID:
+        return y * (one - y)
+    if kind == TANH:
+        return one - y * y
+    if kind == RELU:
+        return as_type_of(alpha, 0.0) if y <= 0 else one
+    if kind == LEAKY_RELU:
+        return one if y > 0 else alpha
+    return y + alpha if y <= 0 else one
+
+
+@njit(inline="always", **_ACTIVATION_OPTIONS)
+def _backward_bias_tile(kind, y, gy, gx, alpha, sums, first_column, stop_column):
+    for r in range(y.shape[0]):
+        y_row = y[r, first_column:stop_column]
+        gy_row = gy[r, first_column:stop_column]
+        gx_row = gx[r, first_column:stop_column]
+        for j in range(sums.shape[0]):
+            gx_row[j] = gy_row[j] * _slope(kind, y_row[j], alpha)
+        for j in range(sums.shape[0]):  # a second loop over the row while it is in L1: both vectorise
+            sums[j] += gx_row[j]
+
+
 @njit(**_ACTIVATION_OPTIONS)
 def backward_bias_columns(kind, y, gy, gx, alpha, bias_grad, first_column, stop_column):
     """gx = gy * f'(y) on columns [first_column, stop_column) of (N, M) arrays, and bias_grad there = the
-    column sums of gx, added in float64 from row 0 down (as the CUDA kernel sums in double)."""
-    rows = y.shape[0]
+    column sums of gx, added in float64 from row 0 down (as the CUDA kernel sums in double). Each kind
+    gets its own copy of the loops (the kind a constant inside), so a short row (M = 10) costs no call."""
     sums = np.zeros(stop_column - first_column, np.float64)
-    for r in range(rows):
-        backward_span(kind, y[r, first_column:stop_column], gy[r, first_column:stop_column],
-                      gx[r, first_column:stop_column], alpha)
-        row = gx[r, first_column:stop_column]
-        for j in range(sums.shape[0]):
-            sums[j] += row[j]
+    if kind == IDENTITY:
+        _backward_bias_tile(IDENTITY, y, gy, gx, alpha, sums, first_column, stop_column)
+    elif kind == SIGMOID:
+        _backward_bias_tile(SIGMOID, y, gy, gx, alpha, sums, first_column, stop_column)
+    elif kind == TANH:
+        _backward_bias_tile(TANH, y, gy, gx, alpha, sums, first_column, stop_column)
+    elif kind == RELU:
+        _backward_bias_tile(RELU, y, gy, gx, alpha, sums, first_column, stop_column)
+    elif kind == LEAKY_RELU:
+        _backward_bias_tile(LEAKY_RELU, y, gy, gx, alpha, sums, first_column, stop_column)
+    else:
+        _backward_bias_tile(ELU, y, gy, gx, alpha, sums, first_column, stop_column)
     for j in range(sums.shape[0]):
         bias_grad[first_column + j] = sums[j]
 
@@ -310,6 +345,7 @@ def cross_entropy_forward_rows(logits, target, loss, row_max, row_sum, first_row
     NaN loss where the target is outside [0, C)."""
     cols = logits.shape[1]
     nan = as_type_of(logits, np.nan)
+    exps = np.empty(cols, logits.dtype)
     for r in range(first_row, stop_row):
         row = logits[r]
         m = row[0]
@@ -319,9 +355,11 @@ def cross_entropy_forward_rows(logits, target, loss, row_max, row_sum, first_row
                 m = v
             if m != m:
                 break
+        for c in range(cols):  # apart from the sum: LLVM vectorises this loop, not an ordered sum
+            exps[c] = exp_nonpositive(row[c] - m)
         total = 0.0
         for c in range(cols):
-            total += exp_nonpositive(row[c] - m)
+            total += exps[c]
         s = as_type_of(m, total) if abs(m) < np.inf else nan  # an infinite or NaN max: a NaN row
         t = target[r]
         row_max[r] = m
@@ -380,10 +418,9 @@ def cross_entropy_backward_parallel(logits, target, row_max, row_sum, weights, p
 # ---------------------------------------------------------------------------------------------
 # Optimizer updates on flat (1-D) views, rounded as the NumPy twins round (no FMA contraction).
 
-@njit(**_EXACT_OPTIONS)
-def sgd_span(param, grad, buf, lr, weight_decay, momentum, one_minus_dampening, use_weight_decay,
-             use_momentum, nesterov, first_step):
-    """torch.optim.SGD's update of 1-D param (and buf, unless use_momentum is False) in place."""
+@njit(inline="always", **_EXACT_OPTIONS)
+def _sgd_loop(param, grad, buf, lr, weight_decay, momentum, one_minus_dampening, use_weight_decay,
+              use_momentum, nesterov, first_step):
     for i in range(param.shape[0]):
         p = param[i]
         d = grad[i] + p * weight_decay if use_weight_decay else grad[i]
@@ -392,6 +429,20 @@ def sgd_span(param, grad, buf, lr, weight_decay, momentum, one_minus_dampening, 
             buf[i] = b
             d = b * momentum + d if nesterov else b
         param[i] = p - d * lr
+
+
+@njit(**_EXACT_OPTIONS)
+def sgd_span(param, grad, buf, lr, weight_decay, momentum, one_minus_dampening, use_weight_decay,
+             use_momentum, nesterov, first_step):
+    """torch.optim.SGD's update of 1-D param (and buf, unless use_momentum is False) in place. The loop
+    is written twice, momentum a constant in each: a store under a run-time condition would keep LLVM
+    from vectorising it."""
+    if use_momentum:
+        _sgd_loop(param, grad, buf, lr, weight_decay, momentum, one_minus_dampening, use_weight_decay, True,
+                  nesterov, first_step)
+    else:
+        _sgd_loop(param, grad, buf, lr, weight_decay, momentum, one_minus_dampening, use_weight_decay, False,
+                  nesterov, first_step)
 
 
 @njit(parallel=True, **_EXACT_OPTIONS)
@@ -406,17 +457,13 @@ def sgd_parallel(param, grad, buf, lr, weight_decay, momentum, one_minus_dampeni
                  first_step)
 
 
-@njit(**_EXACT_OPTIONS)
-def adam_span(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad, weight_decay, l2, decay,
-              decoupled, beta1, one_minus_beta1, beta2, one_minus_beta2, bias_correction2_sqrt, eps,
-              step_size):
-    """Adam's update of 1-D param and its moments in place, in NumpyKernels.adam_update_multi's order of
-    operations. max_exp_avg_sq is only touched when amsgrad."""
+@njit(inline="always", **_EXACT_OPTIONS)
+def _adam_loop(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad, weight_decay, l2, decay, decoupled,
+               beta1, one_minus_beta1, beta2, one_minus_beta2, bias_correction2_sqrt, eps, step_size):
     for i in range(param.shape[0]):
         p = param[i]
         g = grad[i] + weight_decay * p if l2 else grad[i]
-        if decoupled:
-            p = p * decay
+        p = p * decay if decoupled else p
         m = exp_avg[i] * beta1 + g * one_minus_beta1
         v = exp_avg_sq[i] * beta2 + (g * g) * one_minus_beta2
         exp_avg[i] = m
@@ -426,6 +473,21 @@ def adam_span(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad, weight_
             v = v_max if v_max >= v or v_max != v_max else v  # NaN wins, as np.maximum
             max_exp_avg_sq[i] = v
         param[i] = p - (m / (np.sqrt(v) / bias_correction2_sqrt + eps)) * step_size
+
+
+@njit(**_EXACT_OPTIONS)
+def adam_span(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad, weight_decay, l2, decay,
+              decoupled, beta1, one_minus_beta1, beta2, one_minus_beta2, bias_correction2_sqrt, eps,
+              step_size):
+    """Adam's update of 1-D param and its moments in place, in NumpyKernels.adam_update_multi's order of
+    operations. max_exp_avg_sq is only touched when amsgrad (the loop written twice, as in sgd_span)."""
+    if amsgrad:
+        _adam_loop(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, True, weight_decay, l2, decay, decoupled,
+                   beta1, one_minus_beta1, beta2, one_minus_beta2, bias_correction2_sqrt, eps, step_size)
+    else:
+        _adam_loop(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, False, weight_decay, l2, decay,
+                   decoupled, beta1, one_minus_beta1, beta2, one_minus_beta2, bias_correction2_sqrt, eps,
+                   step_size)
 
 
 @njit(parallel=True, **_EXACT_OPTIONS)
