@@ -1,8 +1,10 @@
-"""Each fused kernel against the unfused NumPy/CuPy expression it replaces, and W2's peak memory.
+"""Each fused kernel against the unfused NumPy/CuPy expression it replaces, each compiled CPU kernel
+against its NumPy twin, and W2's peak memory.
 
-On the CPU the "fused" side is the kernel's NumPy twin (fewest passes, in-place `out=`); on CUDA it
-is the kernel itself (one launch) against the CuPy expression, beside a device-to-device copy of
-the same bytes for the bandwidth fraction.
+On the CPU the "fused" side is what kernels.for_array picks (the compiled Numba kernels when numba is
+installed, else the NumPy twins: fewest passes, in-place `out=`); on CUDA it is the kernel itself (one
+launch) against the CuPy expression, beside a device-to-device copy of the same bytes for the
+bandwidth fraction.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from compiled_kernels import CASES as COMPILED_CASES
 from workloads import W2, NumpyStep, TensorgradStep
 
 import tensorgrad as tg
-from tensorgrad import kernels
+from tensorgrad import cpu_kernels, kernels
 
 ROWS, COLS = 1024, 1024  # 2^20 elements: past the caches, small enough for a 2-core CI machine
 
@@ -161,3 +164,26 @@ def test_peak_memory_w2_step(benchmark, impl):
     benchmark.extra_info.update(impl=impl, peak_mib=round(peak / 2**20, 2))
     benchmark.pedantic(run, rounds=3, iterations=1)
     assert peak > 0
+
+
+@pytest.mark.parametrize("case", [name for name, _, _ in COMPILED_CASES])
+@pytest.mark.parametrize("impl", ["compiled", "twin"])
+def test_compiled_cpu_kernel_vs_twin_w2(benchmark, case, impl):
+    """Each compiled CPU kernel (Numba) against the NumPy twin it replaces, at the W2 shapes, one thread
+    (benchmarks/compiled_kernels.py makes the interleaved table of the same cases)."""
+    name, shape, make = next(c for c in COMPILED_CASES if c[0] == case)
+    if impl == "compiled":
+        pytest.importorskip("numba")
+        k = cpu_kernels.NumbaKernels()
+    else:
+        k = kernels.NumpyKernels()
+    threads = cpu_kernels.get_num_threads()
+    cpu_kernels.set_num_threads(1)
+    try:
+        call = make(k)
+        call()  # compiled (or loaded from the cache) before the timing
+        benchmark.group = f"compiled kernel {name} {shape} float32 [cpu, 1 thread]"
+        benchmark.extra_info.update(impl=impl)
+        benchmark(call)
+    finally:
+        cpu_kernels.set_num_threads(threads)
