@@ -418,8 +418,8 @@ def train(args) -> int:
     say(f"model: {sizes} {args.activation} MLP; SGD lr {args.lr}, momentum {args.momentum}, "
         f"weight decay {args.weight_decay} (weights only), batch {args.batch_size}")
     if world is not None:
-        say(f"data-parallel: {world.size} ranks (MPI), {args.batch_size // world.size} samples each "
-            "per batch")
+        ranks = f"{world.size} ranks (MPI)" if world.size > 1 else "1 rank (no other process started)"
+        say(f"data-parallel: {ranks}, {args.batch_size // world.size} samples each per batch")
     if scheduler is not None:
         say(f"schedule: {args.scheduler} ({describe_schedule(args)})")
     if args.clip_grad_norm is not None:

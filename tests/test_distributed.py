@@ -381,6 +381,14 @@ def test_main_job_runs_data_parallel_and_prints_once(tmp_path):
     assert (tmp_path / "two" / "training_state.npz").exists()
 
 
+def test_main_job_refuses_a_batch_that_does_not_split_among_the_ranks(tmp_path):
+    _needs_mpi()
+    done = run_mpi(ROOT / "examples" / "mnist_mlp.py", "--batch-size", 15, cwd=tmp_path, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.count("error: --batch-size: 15 samples cannot be split evenly among 2 ranks") == 1
+    assert "Traceback" not in done.stderr and not list(tmp_path.iterdir())
+
+
 def _cuda_devices() -> int:
     from tensorgrad import backend
 
