@@ -847,6 +847,52 @@ def test_higher_derivatives_match_closed_forms(name, f, points, expected):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=f"derivative {order} of {name}")
 
 
+THIRD_ORDER = [
+    "sum", "sum-axes-keepdims", "mean-axis-keepdims", "max-axis", "getitem-slice", "getitem-repeated",
+    "getitem-mask", "setitem-row", "concatenate", "stack", "where", "reshape", "transpose-axes", "maximum",
+    "pow-tensor", "div", "exp", "log", "sqrt", "sigmoid", "tanh", "elu", "matmul-squared",
+    "linear-tanh-bias-2d", "linear-sigmoid-nobias-3d", "linear-elu-bias-2d", "softmax", "log_softmax",
+    "cross_entropy-mean", "nll_loss-of-log_softmax", "mse_loss-mean", "binary_cross_entropy-mean",
+    "bce_with_logits-mean", "astype", "dropout", "inplace-arithmetic", "clone"]
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.name in THIRD_ORDER], ids=lambda case: case.name)
+def test_third_order_gradgradcheck(case):
+    """gradgradcheck of the first derivative (along a fixed upstream): finite differences of second
+    derivatives against third-order backward, which runs each op's backward-of-backward recorded."""
+    draw = np.random.default_rng(13)
+    with tg.no_grad():
+        shape = case.fn(TG, *[TG.leaf(a) for a in case.arrays]).shape
+    upstream = tg.tensor(draw.standard_normal(shape))
+
+    def first_derivative(*leaves):
+        grads = tg.grad(case.fn(TG, *leaves), list(leaves), grad_outputs=upstream, create_graph=True)
+        return tuple(g for g in grads if g is not None and g.requires_grad)
+
+    inputs = [TG.leaf(a) for a in case.arrays]
+    assert tg.gradgradcheck(first_derivative, inputs, **case.gradgradcheck)
+
+
+def test_third_derivatives_through_sum_mean_and_indexing_by_hand():
+    # (sum x)^4, (mean x)^4 and sum(x[idx]^4) with idx repeating x0: each derivative is the gradient of
+    # the sum of the last, so the second and third pass through sum's, mean's and getitem's backward
+    # of backward (broadcast_to's and scatter's own backward)
+    x0 = np.array([0.5, -1.5, 2.0])
+    n, total, mean = 3, x0.sum(), x0.mean()
+    counts = np.array([2.0, 0.0, 1.0])
+    expected = {
+        "sum": [4 * total ** 3, n * 12 * total ** 2, n * n * 24 * total],
+        "mean": [4 * mean ** 3 / n, 12 * mean ** 2 / n, 24 * mean / n],
+        "getitem": [4 * counts * x0 ** 3, 12 * counts * x0 ** 2, 24 * counts * x0],
+    }
+    functions = {"sum": lambda x: x.sum() ** 4, "mean": lambda x: x.mean() ** 4,
+                 "getitem": lambda x: (x[tg.tensor([0, 2, 0])] ** 4).sum()}
+    for name, f in functions.items():
+        for order, (got, want) in enumerate(zip(derivatives(f, x0, 3), expected[name]), start=1):
+            np.testing.assert_allclose(got, np.broadcast_to(want, x0.shape), rtol=1e-13,
+                                       err_msg=f"derivative {order} of {name}")
+
+
 def test_mixed_third_derivative_of_two_variables():
     # f = x^2 y^3: f_x = 2 x y^3, f_xy = 6 x y^2, f_xyy = 12 x y
     x, y = leaf(1.5), leaf(-0.7)
