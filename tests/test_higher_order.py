@@ -1012,6 +1012,15 @@ def test_create_graph_with_retain_graph_false_frees_the_forward_graph():
     assert g.requires_grad
     with pytest.raises(RuntimeError, match="second time"):
         tg.grad(y, x)
+    # g = 2x was recorded from the leaf x itself, not from anything the freed nodes held: as in PyTorch,
+    # it can still be differentiated
+    (h,) = tg.grad(g.sum(), x)
+    np.testing.assert_allclose(h.numpy(), [2.0, 2.0])
+    # exp's gradient reads exp's own output through exp's node, freed with the graph: PyTorch refuses too
+    z = x.exp().sum()
+    (g,) = tg.grad(z, x, create_graph=True, retain_graph=False)
+    with pytest.raises(RuntimeError, match="second time"):
+        tg.grad(g.sum(), x)
 
 
 def test_dot_grad_keeps_its_graph_and_accumulates_with_create_graph():
