@@ -2,7 +2,8 @@
 
 Groups put a workload's implementations side by side: tensorgrad, hand-written NumPy (the floor),
 PyTorch eager when installed; on CUDA (marker gpu) tensorgrad on CuPy, eager and replayed as a CUDA graph,
-beside PyTorch eager on the same GPU.
+beside PyTorch eager on the same GPU. Each result records the thread count it ran at (BLAS's, which the
+PyTorch fixture copies); `sweep.py` runs 1 thread and the default count side by side.
 `python benchmarks/compare.py RESULTS.json` turns a saved run into the table of medians and ratios.
 """
 
@@ -13,6 +14,7 @@ import pytest
 from workloads import WORKLOADS, NumpyStep, TensorgradStep, TorchStep
 
 import tensorgrad as tg
+from conftest import blas_threads
 
 CASES = [(name, momentum) for name in WORKLOADS for momentum in (0.0, 0.9)]
 
@@ -23,7 +25,9 @@ def _group(name: str, momentum: float, device: str = "cpu") -> str:
 
 def _tag(benchmark, impl: str, name: str, momentum: float, device: str = "cpu") -> None:
     benchmark.group = _group(name, momentum, device)
-    benchmark.extra_info.update(impl=impl, workload=name, momentum=momentum, device=device)
+    # the thread count is part of the result: a saved run must say which one it was taken at
+    benchmark.extra_info.update(impl=impl, workload=name, momentum=momentum, device=device,
+                                threads=blas_threads())
 
 
 @pytest.mark.parametrize("name,momentum", CASES)
