@@ -227,9 +227,12 @@ def test_two_ranks_train_as_one_process_with_the_global_batch(two_ranks, opt_nam
             assert relative_difference(got, expected) <= RELATIVE_TOLERANCE[dtype], (tag, name)
             # and the run really moved away from the initial weights it is compared against
             assert relative_difference(common.parameters(common.model(dtype))[name], expected) > 1e-3
-    # the layer-per-bucket run reduced 6 buckets, the other one, with the same result bit for bit
+    # the layer-per-bucket run reduced 6 buckets, each in the gradient's own array; the other one
+    # bucket, a buffer the gradients are views of; with the same result bit for bit
     assert info0[f"{opt_name}_{np.dtype(dtype).name}_tiny/buckets"] == 6
     assert info0[f"{opt_name}_{np.dtype(dtype).name}_one/buckets"] == 1
+    assert info0[f"{opt_name}_{np.dtype(dtype).name}_tiny/grads_own_memory"] == [True] * 6
+    assert info0[f"{opt_name}_{np.dtype(dtype).name}_one/grads_own_memory"] == [False] * 6
     for name in reference:
         np.testing.assert_array_equal(arrays0[f"{opt_name}_{np.dtype(dtype).name}_tiny/{name}"],
                                       arrays0[f"{opt_name}_{np.dtype(dtype).name}_one/{name}"])
@@ -248,6 +251,16 @@ def test_no_sync_accumulates_locally_and_the_next_backward_reduces(two_ranks):
         got = arrays0[f"sgd_float64_tiny_accumulate2/{name}"]
         np.testing.assert_array_equal(arrays1[f"sgd_float64_tiny_accumulate2/{name}"], got)
         assert relative_difference(got, expected) <= 1e-12
+
+
+def test_a_gradient_array_shared_by_two_parameters_is_reduced_once(two_ranks):
+    (arrays0, _), (arrays1, _) = two_ranks[0]
+    assert arrays0["shared/local_same_array"] and arrays1["shared/local_same_array"]
+    # d/dp of mean((x . (p1 + p2) - t)^2) is the same for p1 and p2: the mean of the ranks' values
+    mean = (arrays0["shared/local"] + arrays1["shared/local"]) / 2
+    for arrays in (arrays0, arrays1):
+        np.testing.assert_allclose(arrays["shared/first"], mean, rtol=1e-15, atol=0)
+        np.testing.assert_allclose(arrays["shared/second"], mean, rtol=1e-15, atol=0)
 
 
 def test_parameters_without_gradient_on_some_ranks(two_ranks):

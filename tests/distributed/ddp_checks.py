@@ -49,6 +49,8 @@ def train_case(opt_name, dtype, cap_mb, arrays, info, accumulate=1):
     for name, value in common.parameters(net).items():
         arrays[f"{tag}/{name}"] = value
     info[f"{tag}/buckets"] = len(ddp.bucket_sizes)
+    # lone parameters are reduced in their own gradient arrays; packed ones get views of a buffer
+    info[f"{tag}/grads_own_memory"] = [p.grad.data.base is None for p in net.parameters()]
 
 
 def no_sync_probe(arrays):
@@ -106,6 +108,35 @@ def unused_parameters(arrays, info):
             info.setdefault("unused/none", []).append(name)
         else:
             arrays[f"unused/synced/{name}"] = np.array(p.grad.data)
+
+
+class SharedGradient(nn.Module):
+    """`first + second`: backward hands both parameters one and the same gradient array."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = nn.Parameter(tg.tensor([1.0, 2.0, 3.0], dtype=tg.float64))
+        self.second = nn.Parameter(tg.tensor([0.5, -1.0, 2.0], dtype=tg.float64))
+
+    def forward(self, x):
+        return (x * (self.first + self.second)).sum(axis=1)
+
+
+def shared_gradient(arrays):
+    """Reducing one parameter's gradient in place must not reduce the other's a second time."""
+    rank = dist.get_rank()
+    net = SharedGradient()
+    ddp = dist.DistributedDataParallel(net, bucket_cap_mb=TINY_BUCKETS_MB)
+    x = tg.tensor(np.arange(6.0).reshape(2, 3) + 10 * rank)
+    target = tg.tensor([1.0, -1.0])
+    with ddp.no_sync():
+        ((ddp(x) - target) ** 2).mean().backward()
+    arrays["shared/local"] = np.array(net.first.grad.data)
+    arrays["shared/local_same_array"] = np.array(net.first.grad.data is net.second.grad.data)
+    net.zero_grad()
+    ((ddp(x) - target) ** 2).mean().backward()
+    arrays["shared/first"] = np.array(net.first.grad.data)
+    arrays["shared/second"] = np.array(net.second.grad.data)
 
 
 def collectives(arrays, info):
@@ -211,6 +242,7 @@ def main(out_dir: str) -> None:
                 train_case(opt_name, dtype, cap, arrays, info)
     train_case("sgd", np.float64, TINY_BUCKETS_MB, arrays, info, accumulate=2)
     no_sync_probe(arrays)
+    shared_gradient(arrays)
     unused_parameters(arrays, info)
     collectives(arrays, info)
     mismatched_shapes(info)
