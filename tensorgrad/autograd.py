@@ -352,10 +352,13 @@ _DRAWN_CONSTANT_SIZE = 6
 
 
 def _trimmed_constants(datas, parents) -> list:
-    return [None if parent is not None
-            else data if not hasattr(data, "size") or data.size <= _DRAWN_CONSTANT_SIZE  # None, scalars
-            else Meta(data.shape, data.dtype)
-            for data, parent in zip(datas, parents)]
+    trimmed = list(datas)
+    for i, parent in enumerate(parents):
+        if parent is not None:
+            trimmed[i] = None
+        elif getattr(datas[i], "size", 0) > _DRAWN_CONSTANT_SIZE:  # None and Python scalars have none
+            trimmed[i] = Meta(datas[i].shape, datas[i].dtype)
+    return trimmed
 
 
 _CONTRACT_TYPES = (ValueError, TypeError, IndexError, RuntimeError)
@@ -577,6 +580,9 @@ def _deliver(leaf, g, capture, captured):
     if capture is not None:
         if id(leaf) in capture:
             captured[id(leaf)] = g
+        return
+    if type(g) is np.ndarray and leaf.grad is None and g.dtype is leaf.data.dtype and g.flags.c_contiguous:
+        leaf.grad = _wrap(g)  # the usual first gradient is already what a leaf's .grad must be
         return
     if g.dtype != leaf.data.dtype:
         g = g.astype(leaf.data.dtype)
