@@ -10,10 +10,10 @@ Transcendentals are evaluated here rather than through libm: LLVM cannot vectori
 tanhf without Intel's SVML, which pip's llvmlite does not ship, and a scalar libm call per element is
 slower than NumPy's vectorised ufuncs. `exp_nonpositive` and `expm1_nonpositive` reduce the argument by
 multiples of ln 2 (Cody and Waite) and sum a Taylor polynomial long enough for the dtype (errors
-below 1 ulp for exp, about 2 ulp for sigmoid and tanh, measured against float64/longer references in
-tests/test_cpu_kernels.py). Every activation needs them only at arguments <= 0, which keeps the
-results in [0, 1] and lets the code skip overflow handling; denormal results are kept exact by
-scaling with two powers of two.
+below 1 ulp for exp, about 2 ulp for sigmoid and float32 tanh, measured against float64/longer
+references in tests/test_cpu_kernels.py; float64 tanh stays on libm, see tanh_value). Every
+activation needs them only at arguments <= 0, which keeps the results in [0, 1] and lets the code
+skip overflow handling; denormal results are kept exact by scaling with two powers of two.
 
 Activation kernels use the 'contract' fast-math flag only (FMA fusion: each fused operation rounds
 once, so it is at least as accurate as the separate ones). The optimizer updates use none, so they
@@ -174,11 +174,31 @@ def _sigmoid(v):
     return s if v >= 0 else e * s
 
 
+def tanh_value(v):
+    """tanh(v): in jitted float32 code from expm1_nonpositive (vectorisable, within 2 ulp); in float64 code
+    libm's tanh (within 1 ulp, as NumPy's and PyTorch's: float64 gradients are compared with them to
+    1e-14, and the polynomial's extra ulp, amplified by cancellation in a later sum, can exceed that)."""
+    return math.tanh(v)
+
+
+@overload(tanh_value)
+def _tanh_value(v):
+    if v == types.float32:
+        minus_two, two = v(-2.0), v(2.0)
+
+        def impl(v):
+            # tanh|v| = -expm1(-2|v|) / (2 + expm1(-2|v|)): no cancellation near 0, exactly 1 far out
+            em = expm1_nonpositive(minus_two * abs(v))
+            return np.copysign(-em / (two + em), v)
+        return impl
+    if v == types.float64:
+        return lambda v: math.tanh(v)
+    return None
+
+
 @njit(**_ACTIVATION_OPTIONS)
 def _tanh(v):
-    # tanh|v| = -expm1(-2|v|) / (2 + expm1(-2|v|)): no cancellation near 0, exactly 1 far out
-    em = expm1_nonpositive(as_type_of(v, -2.0) * abs(v))
-    return np.copysign(-em / (as_type_of(v, 2.0) + em), v)
+    return tanh_value(v)
 
 
 # ---------------------------------------------------------------------------------------------
