@@ -162,3 +162,38 @@ def test_sequential_fused_layer_refuses_what_linear_refuses():
     leaky[1].negative_slope = float("nan")  # set past the constructor's check
     with pytest.raises(ValueError, match="linear: invalid alpha: nan"):
         leaky(tg.ones(1, 2))
+
+
+def test_registered_attributes_read_as_before():
+    """Parameters and children are also plain instance attributes now (a read no longer goes through
+    __getattr__); every way of changing them keeps what `module.name` returns equal to the registry."""
+    model = nn.Module()
+    weight = nn.Parameter(tg.ones(2))
+    model.weight = weight
+    model.child = nn.Linear(2, 2)
+    assert model.weight is weight and model.child is model._modules["child"]
+    model.weight = None
+    assert model.weight is None and model._parameters["weight"] is None
+    with pytest.raises(TypeError, match="cannot assign ndarray as parameter 'weight'"):
+        model.weight = np.ones(2)
+    model.register_parameter("weight", weight)
+    assert model.weight is weight
+    del model.weight
+    with pytest.raises(AttributeError, match="has no attribute 'weight'"):
+        model.weight  # noqa: B018
+    model.add_module("child", nn.ReLU())
+    assert isinstance(model.child, nn.ReLU)
+    model.child = nn.Tanh()  # a module replacing a module under the same name
+    assert isinstance(model.child, nn.Tanh) and list(model._modules) == ["child"]
+    model.child = None
+    assert model.child is None
+    with pytest.raises(TypeError, match="cannot assign int as child module 'child'"):
+        model.child = 3
+    assert model.child is None
+
+
+def test_a_child_named_like_a_method_leaves_the_method_alone():
+    model = nn.Module()
+    model.add_module("train", nn.ReLU())
+    assert model.train() is model and isinstance(model._modules["train"], nn.ReLU)
+    assert [name for name, _ in model.named_children()] == ["train"]
