@@ -197,3 +197,47 @@ def test_a_child_named_like_a_method_leaves_the_method_alone():
     model.add_module("train", nn.ReLU())
     assert model.train() is model and isinstance(model._modules["train"], nn.ReLU)
     assert [name for name, _ in model.named_children()] == ["train"]
+
+
+def test_flat_update_follows_arrays_replaced_between_steps():
+    """The flat layout remembers the batch's arrays; a parameter given a new array (Module.to, or by
+    hand) is updated in that new array, and the replaced one is left alone."""
+    params = _small_params(np.float64)
+    opt = tg.optim.SGD(params, lr=0.5)
+    for p in params:
+        p.grad = tg.tensor(np.ones(p.shape))
+    opt.step()
+    old = params[1].data
+    params[1].data = np.full(3, 10.0)
+    before_old = old.copy()
+    opt.step()
+    np.testing.assert_array_equal(params[1].data, np.full(3, 9.5))
+    np.testing.assert_array_equal(old, before_old)
+    model = nn.Sequential(nn.Linear(2, 3), nn.Sigmoid())
+    opt = tg.optim.SGD(model.parameters(), lr=0.5)
+    for dtype in (np.float32, np.float64):
+        model.to(dtype)
+        for p in model.parameters():
+            p.grad = tg.tensor(np.ones(p.shape, dtype))
+        expected = [p.data - 0.5 for p in model.parameters()]
+        opt.step()
+        for p, want in zip(model.parameters(), expected):
+            assert p.dtype == dtype
+            np.testing.assert_array_equal(p.data, want)
+
+
+def test_arrays_the_kernels_refuse_are_still_refused():
+    params = _small_params(np.float32)
+    params[0].data = np.asfortranarray(np.ones((3, 2), np.float32))  # a parameter set by hand, F-order
+    for p in params:
+        p.grad = tg.ones(*p.shape)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        tg.optim.SGD(params, lr=0.1).step()
+    params = _small_params(np.float32)
+    opt = tg.optim.SGD(params, lr=0.1, momentum=0.9)
+    for p in params:
+        p.grad = tg.ones(*p.shape)
+        opt.state[p] = {"momentum_buffer": np.zeros(p.shape, np.float32)}
+    opt.state[params[0]]["momentum_buffer"] = np.asfortranarray(np.zeros((3, 2), np.float32))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        opt.step()

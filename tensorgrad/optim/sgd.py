@@ -40,6 +40,8 @@ class SGD(Optimizer):
         super().__init__(params, defaults)
         # id(flat array) -> (flat array, its views): the momentum buffers laid out by _new_buffers
         self._flat_buffers: dict = {}
+        # id(first parameter array) -> (the batch's arrays, scratch, views, parts, slices): _flat_layout
+        self._flat_layouts: dict = {}
 
     def _validate(self, group: dict) -> None:
         # finite numbers only: a NaN learning rate or momentum would silently turn every parameter NaN
@@ -123,21 +125,20 @@ class SGD(Optimizer):
         with quiet_numpy():  # an update past the dtype's range is inf, silently as in PyTorch
             for group in self.param_groups:
                 for params, grads, bufs, first in self._batches(group):
-                    if _flat_batch(params):
-                        self._update_flat(group, params, grads, bufs, first)
+                    if _flat_batch(params) and self._update_flat(group, params, grads, bufs, first):
                         continue
                     kernels.for_array(params[0]).sgd_update_multi(
                         params, grads, bufs, group["lr"], group["weight_decay"], group["momentum"],
                         group["dampening"], group["nesterov"], first)
         return loss
 
-    def _update_flat(self, group: dict, params: list, grads: list, bufs: list | None, first: bool) -> None:
+    def _update_flat(self, group: dict, params: list, grads: list, bufs: list | None, first: bool) -> bool:
         """A small NumPy batch updated as one flat array: one kernel call for the batch, where one per
         parameter would cost more in calls than in arithmetic. The parameters are gathered into one array
         and written back (they keep their own arrays); the momentum buffers are used in place when they
-        are the consecutive views `_new_buffers` made, else gathered and written back too."""
-        flat_param = np.concatenate(params, axis=None)  # axis=None flattens each array on the way in
-        flat_grad = np.concatenate(grads, axis=None)
+        are the consecutive views `_new_buffers` made, else gathered and written back too. Returns False,
+        having done nothing, for buffers that are not C-contiguous (set by hand: the kernels refuse them
+        and sgd_update_multi says so)."""
         flat_buf, scatter_bufs = None, False
         if bufs is not None:
             base = bufs[0].base
@@ -145,18 +146,47 @@ class SGD(Optimizer):
             if (laid_out is not None and laid_out[0] is base and len(laid_out[1]) == len(bufs)
                     and all(a is b for a, b in zip(laid_out[1], bufs))):
                 flat_buf = base
-            else:  # buffers loaded from a state dict, or a batch other than the one they were made for
+            elif all(buf.flags.c_contiguous for buf in bufs):
+                # buffers loaded from a state dict, or a batch other than the one they were made for
                 flat_buf, scatter_bufs = np.concatenate(bufs, axis=None), True
+            else:
+                return False
+        flat_param, param_views, param_parts, slices = self._flat_layout(params)
+        np.concatenate(param_views, out=flat_param)
+        flat_grad = np.concatenate(grads, axis=None)  # axis=None flattens each array on the way in
         kernels.for_array(flat_param).sgd_update(
             flat_param, flat_grad, flat_buf, group["lr"], group["weight_decay"], group["momentum"],
             group["dampening"], group["nesterov"], first)
-        start = 0
-        for i, param in enumerate(params):
-            stop = start + param.size
-            np.copyto(param.reshape(-1), flat_param[start:stop])
-            if scatter_bufs:
-                np.copyto(bufs[i].reshape(-1), flat_buf[start:stop])
-            start = stop
+        for view, part in zip(param_views, param_parts):
+            view[...] = part
+        if scatter_bufs:
+            for buf, where in zip(bufs, slices):
+                buf.reshape(-1)[...] = flat_buf[where]
+        return True
+
+    def _flat_layout(self, params: list):
+        """(scratch flat array, each parameter's 1-D view, each one's part of the scratch, the parts'
+        slices) for a batch, made at its first flat step and kept while the batch holds the same arrays:
+        building the views and slices anew took longer than the copies themselves (4.1 µs against 0.9 µs
+        for a 2-3-2 MLP's four parameters)."""
+        layout = self._flat_layouts.get(id(params[0]))
+        if layout is not None and len(layout[0]) == len(params):
+            for own, param in zip(layout[0], params):
+                if own is not param:
+                    break
+            else:
+                return layout[1:]
+        if len(self._flat_layouts) >= 16:  # arrays replaced (Module.to, a new model): forget old ones
+            self._flat_layouts.clear()
+        views = [param.reshape(-1) for param in params]  # views: _flat_batch admits C-contiguous arrays
+        slices, start = [], 0
+        for view in views:
+            slices.append(slice(start, start + view.size))
+            start += view.size
+        flat = np.empty(start, dtype=params[0].dtype)
+        parts = [flat[where] for where in slices]
+        self._flat_layouts[id(params[0])] = (list(params), flat, views, parts, slices)
+        return flat, views, parts, slices
 
     def step_reference(self, closure=None):
         """The same update as `step`, one parameter at a time with the unfused formula (for tests)."""
@@ -179,10 +209,13 @@ FLAT_UPDATE_LIMIT = 32768
 
 
 def _flat_batch(params: list) -> bool:
-    """Whether a batch (one dtype, one device) is updated as one flat array: several small NumPy arrays."""
+    """Whether a batch (one dtype, one device) is updated as one flat array: several small C-contiguous
+    NumPy arrays (the update kernels refuse other layouts, and the general path says so)."""
     if len(params) < 2 or type(params[0]) is not np.ndarray:
         return False
     total = 0
     for param in params:
+        if not param.flags.c_contiguous:
+            return False
         total += param.size
     return total <= FLAT_UPDATE_LIMIT
