@@ -84,9 +84,10 @@ class DistributedDataParallel(Module):
     so a checkpoint loads into an unwrapped model too. Wrap the model after moving it to its device
     and dtype.
 
-    bucket_cap_mb: the largest bucket, in MiB (2**20 bytes) of gradients; a parameter larger than that
-      is a bucket of its own. Smaller buckets start reducing sooner (more overlap), larger ones cost
-      fewer collectives. 0 puts each parameter in a bucket of its own.
+    bucket_cap_mb: the largest bucket, in MiB (2**20 bytes) of gradients; a parameter larger than that,
+      or of 1 MiB or more, is a bucket of its own (reduced in its own gradient array when it can be).
+      Smaller buckets start reducing sooner (more overlap), larger ones cost fewer collectives. 0 puts
+      each parameter in a bucket of its own.
     broadcast_parameters: copy rank 0's parameter values to every rank now (True, the default), so all
       ranks start from the same weights whatever their seeds.
 
