@@ -229,7 +229,13 @@ def environment(torch) -> dict:
     import tensorgrad as tg
     from tensorgrad import kernels
 
-    info = {"python": platform.python_version(), "numpy": np.__version__, "tensorgrad": tg.__version__,
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        blas = f"{blas.get('name')} {blas.get('version')}"
+    except (KeyError, TypeError, ValueError):
+        blas = None
+    info = {"python": platform.python_version(), "numpy": np.__version__, "numpy_blas": blas,
+            "tensorgrad": tg.__version__,
             "cpu": _cpu_model(), "cores_available": default_threads(), "load_average": os.getloadavg(),
             "thread_variables": {v: os.environ.get(v) for v in THREAD_VARIABLES},
             "cpu_kernels": type(kernels.for_array(np.zeros(1, np.float32))).__name__}
@@ -278,7 +284,23 @@ def run_here(args) -> dict:
                                         "gemm" in args.only)
     if "sweep" in args.only:
         result["sweep"] = measure_sweep(args.batches, torch, threads, args.rounds, args.budget)
+    result["environment"].update(_after_the_run())
     return result
+
+
+def _after_the_run() -> dict:
+    """What is known only once the work ran: numba's threading layer (chosen at its first parallel
+    launch) and the load average at the end."""
+    info = {"load_average_after": os.getloadavg()}
+    try:
+        import numba
+
+        info["numba_threading_layer"] = numba.threading_layer()
+    except ImportError:
+        pass
+    except ValueError:  # no parallel launch happened
+        info["numba_threading_layer"] = None
+    return info
 
 
 # ---------------------------------------------------------------------------------------------
