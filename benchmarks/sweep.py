@@ -325,12 +325,13 @@ def _ratio(a, b) -> float | None:
     return a["median_s"] / b["median_s"] if a and b else None
 
 
-def _fmt(ratio) -> str:
-    return "–" if ratio is None else f"{ratio:.2f}"
+def _fmt(ratio, digits: int = 2) -> str:
+    return "–" if ratio is None else f"{ratio:.{digits}f}"
 
 
 def step_table(runs: list) -> list:
-    """Markdown lines: each workload at each thread setting, with the ratios and the issue-15 targets."""
+    """Markdown lines: each workload at each thread setting, with the ratios (three decimals, so that a
+    verdict at the line reads right) and the issue-15 targets."""
     lines = ["| workload | threads | tensorgrad | NumPy (hand) | PyTorch | ÷ NumPy | ÷ PyTorch | target |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for run in runs:
@@ -345,7 +346,7 @@ def step_table(runs: list) -> list:
                 verdicts.append(f"≤ {TARGET_W2_VS_NUMPY} × NumPy: "
                                 f"{'met' if vs_numpy <= TARGET_W2_VS_NUMPY else 'not met'}")
             lines.append(f"| {row['label']} | {run['threads']} | {_ms(ours)} | {_ms(floor)} | {_ms(ref)} | "
-                         f"{_fmt(vs_numpy)} | **{_fmt(vs_torch)}** | {'; '.join(verdicts)} |")
+                         f"{_fmt(vs_numpy, 3)} | **{_fmt(vs_torch, 3)}** | {'; '.join(verdicts)} |")
     return lines
 
 

@@ -80,8 +80,8 @@ def _fake_runs() -> list:
 def test_tables_give_the_ratios_and_verdicts():
     lines = sweep.step_table(_fake_runs())
     w1, w2 = lines[2], lines[3]
-    assert "| 0.900 ms | 0.600 ms | 1.200 ms | 1.50 | **0.75** | ≤ 0.8 × PyTorch: met |" in w1
-    assert "**1.10** | ≤ 1.0 × PyTorch: not met; ≤ 1.0 × NumPy: not met |" in w2
+    assert "| 0.900 ms | 0.600 ms | 1.200 ms | 1.500 | **0.750** | ≤ 0.8 × PyTorch: met |" in w1
+    assert "**1.100** | ≤ 1.0 × PyTorch: not met; ≤ 1.0 × NumPy: not met |" in w2
     assert "NumPy" not in lines[4].split("|")[-2]  # the NumPy target is a one-thread target
     sweep_lines = sweep.sweep_table(_fake_runs())
     assert sweep_lines[2] == "| 16 | 1 | 50.00 | 40.00 | 100.00 | 0.50 |"
