@@ -295,53 +295,22 @@ def bias_forward_parallel(kind, x, bias, y, alpha):
         bias_forward_rows(kind, x, bias, y, alpha, start, min(rows, start + rows_per_block))
 
 
-@njit(inline="always", **_ACTIVATION_OPTIONS)
-def _slope(kind, y, alpha):
-    """f'(x) from y = f(x), as in backward_span; inlined where kind is a constant, so it folds away."""
-    one = as_type_of(alpha, 1.0)
-    if kind == IDENTITY:
-        return one
-    if kind == SIGMOID:
-        return y * (one - y)
-    if kind == TANH:
-        return one - y * y
-    if kind == RELU:
-        return as_type_of(alpha, 0.0) if y <= 0 else one
-    if kind == LEAKY_RELU:
-        return one if y > 0 else alpha
-    return y + alpha if y <= 0 else one
-
-
-@njit(inline="always", **_ACTIVATION_OPTIONS)
-def _backward_bias_tile(kind, y, gy, gx, alpha, sums, first_column, stop_column):
-    for r in range(y.shape[0]):
-        y_row = y[r, first_column:stop_column]
-        gy_row = gy[r, first_column:stop_column]
-        gx_row = gx[r, first_column:stop_column]
-        for j in range(sums.shape[0]):
-            gx_row[j] = gy_row[j] * _slope(kind, y_row[j], alpha)
-        for j in range(sums.shape[0]):  # a second loop over the row while it is in L1: both vectorise
-            sums[j] += gx_row[j]
-
-
 @njit(**_ACTIVATION_OPTIONS)
 def backward_bias_columns(kind, y, gy, gx, alpha, bias_grad, first_column, stop_column):
     """gx = gy * f'(y) on columns [first_column, stop_column) of (N, M) arrays, and bias_grad there = the
-    column sums of gx, added in float64 from row 0 down (as the CUDA kernel sums in double). Each kind
-    gets its own copy of the loops (the kind a constant inside), so a short row (M = 10) costs no call."""
+    column sums of gx, added in float64 from row 0 down (as the CUDA kernel sums in double). Row by
+    row: backward_span, then the row's sums while it is still in L1 (both loops vectorise)."""
     sums = np.zeros(stop_column - first_column, np.float64)
-    if kind == IDENTITY:
-        _backward_bias_tile(IDENTITY, y, gy, gx, alpha, sums, first_column, stop_column)
-    elif kind == SIGMOID:
-        _backward_bias_tile(SIGMOID, y, gy, gx, alpha, sums, first_column, stop_column)
-    elif kind == TANH:
-        _backward_bias_tile(TANH, y, gy, gx, alpha, sums, first_column, stop_column)
-    elif kind == RELU:
-        _backward_bias_tile(RELU, y, gy, gx, alpha, sums, first_column, stop_column)
-    elif kind == LEAKY_RELU:
-        _backward_bias_tile(LEAKY_RELU, y, gy, gx, alpha, sums, first_column, stop_column)
-    else:
-        _backward_bias_tile(ELU, y, gy, gx, alpha, sums, first_column, stop_column)
+    for r in range(y.shape[0]):
+        gx_row, gy_row = gx[r, first_column:stop_column], gy[r, first_column:stop_column]
+        if kind == IDENTITY:  # the last layer before the loss: often 10 columns, where a call per row shows
+            for j in range(sums.shape[0]):
+                gx_row[j] = gy_row[j]
+                sums[j] += gy_row[j]
+        else:
+            backward_span(kind, y[r, first_column:stop_column], gy_row, gx_row, alpha)
+            for j in range(sums.shape[0]):
+                sums[j] += gx_row[j]
     for j in range(sums.shape[0]):
         bias_grad[first_column + j] = sums[j]
 
