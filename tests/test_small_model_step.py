@@ -241,3 +241,19 @@ def test_arrays_the_kernels_refuse_are_still_refused():
     opt.state[params[0]]["momentum_buffer"] = np.asfortranarray(np.zeros((3, 2), np.float32))
     with pytest.raises(ValueError, match="C-contiguous"):
         opt.step()
+
+
+def test_a_parameter_joining_later_takes_its_first_momentum_step_apart():
+    """Step 1 updates a and b; step 2 also c, whose buffer starts then: the batch splits into the
+    parameters with buffers and the one without, and each follows torch.optim.SGD's formula."""
+    a, b, c = (tg.tensor(np.full(2, v), requires_grad=True) for v in (1.0, 2.0, 3.0))
+    opt = tg.optim.SGD([a, b, c], lr=0.1, momentum=0.5)
+    a.grad, b.grad = tg.tensor(np.ones(2)), tg.tensor(np.ones(2))
+    opt.step()  # a, b: buffer 1, value - 0.1
+    a.grad, b.grad, c.grad = (tg.tensor(np.ones(2)) for _ in range(3))
+    opt.step()  # a, b: buffer 0.5 * 1 + 1 = 1.5, value - 0.15; c: buffer 1, value - 0.1
+    np.testing.assert_allclose(a.data, [0.75, 0.75], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(b.data, [1.75, 1.75], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(c.data, [2.9, 2.9], rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(opt.state[c]["momentum_buffer"], [1.0, 1.0])
+    np.testing.assert_array_equal(opt.state[a]["momentum_buffer"], [1.5, 1.5])

@@ -59,9 +59,9 @@ class SGD(Optimizer):
         """The group's parameters that have a gradient, split into calls that one kernel launch can take:
         one dtype and one device per call, and first steps (momentum buffer still unset) apart.
         Returns [(params, grads, bufs or None, first step)], arrays."""
-        momentum = group["momentum"]
+        momentum = group["momentum"] != 0
         state = self.state
-        batches: dict = {}
+        params, grads, bufs, owners = [], [], [], []
         for p in group["params"]:
             g = p.grad
             if g is None:
@@ -72,7 +72,7 @@ class SGD(Optimizer):
                 grad = grad_array(p, "SGD")
             bump_version(p)  # the update below changes p in place: graphs that saved p must see it
             buf = None
-            if momentum != 0:
+            if momentum:
                 buffers = state.get(p)
                 if buffers is None:
                     buffers = state[p] = {}
@@ -81,21 +81,33 @@ class SGD(Optimizer):
                     refuse_capture(p, "SGD", "a momentum buffer's first step (it starts the buffer; later "
                                    "steps update it) would be replayed as a first step every time; take one "
                                    "eager step first")
-            # the array type stands for the device: NumPy arrays live on the CPU, CuPy arrays on the GPU;
+            params.append(data)
+            grads.append(grad)
+            bufs.append(buf)
+            owners.append(p)
+        if not params:
+            return []
+        # The usual group is one batch: one dtype, one array type (NumPy arrays live on the CPU, CuPy
+        # arrays on the GPU), every momentum buffer set or none. Anything else is split by those keys.
+        dtype, kind, first = params[0].dtype, type(params[0]), momentum and bufs[0] is None
+        for data, buf in zip(params, bufs):
+            if data.dtype != dtype or type(data) is not kind or (momentum and (buf is None) != first):
+                break
+        else:
+            if first:
+                bufs = self._new_buffers(params, owners)
+            return [(params, grads, bufs if momentum else None, first)]
+        batches: dict = {}
+        for data, grad, buf, owner in zip(params, grads, bufs, owners):
             # a parameter without a buffer yet takes its first momentum step, apart from the others
-            key = (data.dtype, type(data), momentum != 0 and buf is None)
-            batch = batches.get(key)
-            if batch is None:
-                batch = batches[key] = ([], [], [], [])
-            batch[0].append(data)
-            batch[1].append(grad)
-            batch[2].append(buf)
-            batch[3].append(p)
+            batch = batches.setdefault((data.dtype, type(data), momentum and buf is None), ([], [], [], []))
+            for items, item in zip(batch, (data, grad, buf, owner)):
+                items.append(item)
         result = []
         for (_, _, first), (params, grads, bufs, owners) in batches.items():
             if first:
                 bufs = self._new_buffers(params, owners)
-            result.append((params, grads, bufs if momentum != 0 else None, first))
+            result.append((params, grads, bufs if momentum else None, first))
         return result
 
     def _new_buffers(self, params: list, owners: list) -> list:
