@@ -335,11 +335,14 @@ CHILD = textwrap.dedent("""
             slow.append(True)
             print("EPOCH-1-DONE", flush=True)
 
+    # the handler fit must put back: Python's default, or SIG_IGN where a shell started this in the
+    # background without job control
+    before = signal.getsignal(signal.SIGINT)
     history = fit(model, loss_fn, opt, train, epochs=100000, state={state!r}, on_epoch_end=after_epoch,
                   verbose=0)
     print(json.dumps({{"stop_reason": history.stop_reason, "epochs_done": history.epochs_done,
                       "steps": history.steps, "state_path": history.state_path,
-                      "handler_restored": signal.getsignal(signal.SIGINT) is signal.default_int_handler}}))
+                      "handler_restored": signal.getsignal(signal.SIGINT) is before}}))
 """)
 
 
