@@ -13,7 +13,9 @@ a slow spell of a shared machine hits every configuration alike), and records me
              an averaging all-reduce has to do.
   step       one training step (forward, cross-entropy, backward, gradient sync, SGD step) on a global
              batch of 512: 1 process x 1 BLAS thread, 1 process x 2 BLAS threads, 2 ranks x 1 BLAS
-             thread with 256 samples each; throughput in samples per second.
+             thread with 256 samples each; throughput in samples per second. Also 2 processes of 256
+             samples each training their own models with no communication: what the machine gives two
+             processes at once, so that 2 ranks / that is the data-parallel overhead alone.
   overlap    (mpiexec -n 2) per step: backward with synchronization, backward inside no_sync() (no
              communication), and the synchronization alone; the share of the all-reduce hidden behind
              backward = 1 - (synced - unsynced) / synchronization alone.
@@ -132,7 +134,8 @@ def mode_step(args) -> dict:
     else:
         rank, size = 0, 1
     net = build()
-    model = dist.DistributedDataParallel(net, bucket_cap_mb=args.bucket_mb) if distributed else net
+    wrapped = distributed and not args.independent
+    model = dist.DistributedDataParallel(net, bucket_cap_mb=args.bucket_mb) if wrapped else net
     opt = optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     x, y = batch(GLOBAL_BATCH // size, rank)
 
@@ -140,7 +143,7 @@ def mode_step(args) -> dict:
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
-        if distributed:
+        if wrapped:
             model.finish_gradient_synchronization()
         opt.step()
 
@@ -209,11 +212,12 @@ def mpiexec() -> str:
     return str(beside) if beside.exists() else "mpiexec"
 
 
-def launch(mode: str, ranks: int, threads: int, repeats: int, bucket_mb: float) -> dict:
+def launch(mode: str, ranks: int, threads: int, repeats: int, bucket_mb: float,
+           independent: bool = False) -> dict:
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads), TENSORGRAD_DEVICE="cpu")
     command = [sys.executable, __file__, "--mode", mode, "--ranks", str(ranks), "--repeats", str(repeats),
-               "--bucket-mb", str(bucket_mb)]
+               "--bucket-mb", str(bucket_mb)] + (["--independent"] if independent else [])
     if ranks > 1 or mode != "step":
         command = [mpiexec(), "-n", str(ranks)] + command
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
@@ -227,6 +231,7 @@ def driver(args) -> dict:
         "step_1proc_1thread": ("step", 1, 1, 25.0),
         "step_1proc_2threads": ("step", 1, 2, 25.0),
         "step_2ranks_1thread": ("step", 2, 1, 25.0),
+        "step_2ranks_1thread_independent": ("step", 2, 1, 25.0, True),
         "allreduce_25mb": ("allreduce", 2, 1, 25.0),
         "allreduce_0mb": ("allreduce", 2, 1, 0.0),
         "overlap_25mb": ("overlap", 2, 1, 25.0),
@@ -234,8 +239,8 @@ def driver(args) -> dict:
     }
     runs = {name: [] for name in configs}
     for round_index in range(args.rounds):
-        for name, (mode, ranks, threads, bucket_mb) in configs.items():
-            result = launch(mode, ranks, threads, args.repeats, bucket_mb)
+        for name, config in configs.items():
+            result = launch(*config[:3], args.repeats, *config[3:])
             runs[name].append(result)
             print(f"round {round_index + 1}/{args.rounds} {name}: {result}", file=sys.stderr, flush=True)
 
@@ -245,10 +250,14 @@ def driver(args) -> dict:
     one = median("step_1proc_1thread", "samples_per_s")
     two_threads = median("step_1proc_2threads", "samples_per_s")
     two_ranks = median("step_2ranks_1thread", "samples_per_s")
+    independent = median("step_2ranks_1thread_independent", "samples_per_s")
     summary = {
+        "hardware_2procs_vs_1proc_1thread": independent / one,
+        "data_parallel_efficiency_vs_2_independent_procs": two_ranks / independent,
         "scaling_2ranks_vs_1proc_1thread": two_ranks / one,
         "scaling_2ranks_vs_1proc_2threads": two_ranks / two_threads,
-        "samples_per_s": {"1proc_1thread": one, "1proc_2threads": two_threads, "2ranks_1thread": two_ranks},
+        "samples_per_s": {"1proc_1thread": one, "1proc_2threads": two_threads, "2ranks_1thread": two_ranks,
+                          "2procs_1thread_independent": independent},
         "allreduce_throughput_ratio": {name.split("_")[1]: median(name, "throughput_ratio")
                                        for name in ("allreduce_25mb", "allreduce_0mb")},
         "allreduce_throughput_ratio_vs_raw_then_divide": {
@@ -291,6 +300,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=10, help="timed repetitions per run")
     p.add_argument("--rounds", type=int, default=3, help="driver: round-robin rounds")
     p.add_argument("--bucket-mb", type=float, default=25.0)
+    p.add_argument("--independent", action="store_true",
+                   help="step mode on several ranks: each rank trains its own model, no communication "
+                        "(what the hardware allows two processes at once)")
     p.add_argument("--out", default=None, help="driver: where to write the JSON record")
     args = p.parse_args()
     if args.mode == "driver":
