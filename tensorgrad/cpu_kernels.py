@@ -117,6 +117,12 @@ class NumbaKernels(NumpyKernels):
         import numba
 
         from . import _numba_kernels
+        if "NUMBA_THREADING_LAYER" not in os.environ:
+            # The workqueue pool's workers sleep between launches. OpenMP's spin, and on a machine with
+            # no spare core they take it from BLAS's threads (which spin too): a W2 step at 2 threads
+            # took 21-28 ms with the OpenMP layer, 10 ms with this one, as the one-thread step. Its one
+            # limit, no two launches at once, _launch's lock already keeps.
+            numba.config.THREADING_LAYER = "workqueue"
         self._numba = numba
         self._jit = _numba_kernels
         # one parallel launch at a time: numba's workqueue threading layer (the fallback where neither

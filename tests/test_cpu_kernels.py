@@ -548,6 +548,20 @@ def test_default_thread_count_follows_omp_num_threads_unless_numba_num_threads_i
     assert ours == pool
 
 
+@needs_numba
+def test_parallel_launches_use_the_sleeping_workqueue_pool_unless_the_user_chose_a_layer():
+    code = """
+        import numba, numpy as np, tensorgrad as tg
+        from tensorgrad import cpu_kernels, kernels
+        tg.set_num_threads(2)
+        p = np.ones(cpu_kernels.PARALLEL_MIN_ELEMENTS, np.float32)
+        kernels.for_array(p).sgd_update(p, np.ones_like(p), None, 0.5, 0.0, 0.0, 0.0, False, True)
+        print(numba.threading_layer(), p[0])
+    """
+    assert run_python(code, NUMBA_NUM_THREADS="2").split() == ["workqueue", "0.5"]
+    assert run_python(code, NUMBA_NUM_THREADS="2", NUMBA_THREADING_LAYER="omp").split()[0] == "omp"
+
+
 # ---------------------------------------------------------------------------------------------
 # The dispatcher.
 
