@@ -645,6 +645,8 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
 
 def graph_flags(op: str, retain_graph, create_graph) -> tuple:
     """(create_graph, retain_graph) as bools, retain_graph defaulting to create_graph (as PyTorch)."""
+    if create_graph is False and retain_graph is None:  # the usual first-order call, checked first
+        return False, False
     for name, value in (("retain_graph", retain_graph), ("create_graph", create_graph)):
         if value is not None and not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"{op}: {name} must be a bool, got {type(value).__name__}")
