@@ -40,6 +40,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from workloads import cpu_model  # noqa: E402
 
 SIZES = (784, 2048, 2048, 10)
 GLOBAL_BATCH = 512
@@ -271,20 +274,10 @@ def driver(args) -> dict:
     return {"benchmark": "benchmarks/mpi_ddp.py", "model": "-".join(map(str, SIZES)),
             "global_batch": GLOBAL_BATCH, "rounds": args.rounds, "repeats_per_run": args.repeats,
             "statistic": "median over rounds of each run's median (slowest rank)",
-            "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
                         "numpy": np.__version__, "mpi4py": mpi4py.__version__, "mpi": _mpi_version()},
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "summary": summary, "runs": runs}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _mpi_version() -> str:

@@ -225,6 +225,7 @@ def measure_sweep(batches, torch, threads: int, rounds: int, budget_s: float) ->
 def environment(torch) -> dict:
     """What the numbers depend on: versions, CPU, each library's thread count, the CPU kernels in use."""
     import numpy as np
+    from workloads import cpu_model  # benchmarks/ is on sys.path: scripts run from there
 
     import tensorgrad as tg
     from tensorgrad import kernels
@@ -236,7 +237,7 @@ def environment(torch) -> dict:
         blas = None
     info = {"python": platform.python_version(), "numpy": np.__version__, "numpy_blas": blas,
             "tensorgrad": tg.__version__,
-            "cpu": _cpu_model(), "cores_available": default_threads(), "load_average": os.getloadavg(),
+            "cpu": cpu_model(), "cores_available": default_threads(), "load_average": os.getloadavg(),
             "thread_variables": {v: os.environ.get(v) for v in THREAD_VARIABLES},
             "cpu_kernels": type(kernels.for_array(np.zeros(1, np.float32))).__name__}
     if torch is not None:
@@ -255,16 +256,6 @@ def environment(torch) -> dict:
     except ImportError:
         pass
     return info
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_here(args) -> dict:

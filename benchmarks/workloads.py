@@ -10,7 +10,9 @@ One step = forward, loss, backward, SGD update (lr 0.1, weight decay 1e-4; a var
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -202,3 +204,14 @@ class TorchStep:
         loss.backward()
         self.optimizer.step()
         return loss
+
+
+def cpu_model() -> str:
+    """The CPU's model name, for the machine a result was measured on."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -216,13 +216,11 @@ def reduce_array(world: World, array, op: str, caller: str) -> None:
     if nccl is not None:
         cp = backend.cupy()
         _check_nccl_dtype(array, caller)
-        target = array if array.flags.c_contiguous else cp.ascontiguousarray(array)
         module = _nccl_module()
-        nccl.allReduce(target.data.ptr, target.data.ptr, target.size,
-                       getattr(module, _NCCL_DTYPE_NAMES[target.dtype.name]),
-                       getattr(module, f"NCCL_{op.upper()}"), cp.cuda.get_current_stream().ptr)
-        if target is not array:
-            array[...] = target
+        dtype = getattr(module, _NCCL_DTYPE_NAMES[array.dtype.name])
+        _on_contiguous(array, lambda target: nccl.allReduce(
+            target.data.ptr, target.data.ptr, target.size, dtype, getattr(module, f"NCCL_{op.upper()}"),
+            cp.cuda.get_current_stream().ptr))
         return
     host = array.get()
     _mpi_reduce(world, host, op, caller)
@@ -233,20 +231,15 @@ def broadcast_array(world: World, array, src: int, caller: str) -> None:
     """In-place broadcast of a NumPy or CuPy array from rank `src`."""
     if isinstance(array, np.ndarray):
         _check_mpi_dtype(array, caller)
-        target = array if array.flags.c_contiguous else np.ascontiguousarray(array)
-        world.comm.Bcast(target, root=src)
-        if target is not array:
-            array[...] = target
+        _on_contiguous(array, lambda target: world.comm.Bcast(target, root=src))
         return
     nccl = _nccl_for(world)
     if nccl is not None:
         cp = backend.cupy()
         _check_nccl_dtype(array, caller)
-        target = array if array.flags.c_contiguous else cp.ascontiguousarray(array)
-        dtype = getattr(_nccl_module(), _NCCL_DTYPE_NAMES[target.dtype.name])
-        nccl.bcast(target.data.ptr, target.size, dtype, src, cp.cuda.get_current_stream().ptr)
-        if target is not array:
-            array[...] = target
+        dtype = getattr(_nccl_module(), _NCCL_DTYPE_NAMES[array.dtype.name])
+        _on_contiguous(array, lambda target: nccl.bcast(target.data.ptr, target.size, dtype, src,
+                                                         cp.cuda.get_current_stream().ptr))
         return
     host = array.get()
     broadcast_array(world, host, src, caller)
@@ -269,8 +262,14 @@ def _mpi_reduce(world: World, array: np.ndarray, op: str, caller: str) -> None:
     from mpi4py import MPI
 
     _check_mpi_dtype(array, caller)
-    target = array if array.flags.c_contiguous else np.ascontiguousarray(array)
-    world.comm.Allreduce(MPI.IN_PLACE, target, op=mpi_op(op))
+    _on_contiguous(array, lambda target: world.comm.Allreduce(MPI.IN_PLACE, target, op=mpi_op(op)))
+
+
+def _on_contiguous(array, collective) -> None:
+    """Run `collective` on `array`'s memory in place, through a contiguous copy (written back after)
+    when the array has gaps: MPI and NCCL read and write flat buffers."""
+    target = array if array.flags.c_contiguous else backend.array_module(array).ascontiguousarray(array)
+    collective(target)
     if target is not array:
         array[...] = target
 
