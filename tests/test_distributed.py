@@ -291,6 +291,9 @@ def test_collectives_on_two_ranks(two_ranks):
         np.testing.assert_array_equal(arrays["all_reduce/int64_sum"], [3, 30])
         assert arrays["all_reduce/int64_sum"].dtype == np.int64
         np.testing.assert_array_equal(arrays["broadcast/src1"], [10.0, 11.0, 12.0])
+        # 1x + 2x of [[0, 1, 2], [3, 4, 5]], and rank 1's [[100, ...]] everywhere, through .T views
+        np.testing.assert_array_equal(arrays["all_reduce/transposed_base"], [[0, 3, 6], [9, 12, 15]])
+        np.testing.assert_array_equal(arrays["broadcast/transposed_base"], [[100, 101, 102], [103, 104, 105]])
         assert "op='mean' needs a float tensor" in info["all_reduce/int_mean_error"]
         assert info["world"] == [rank, 2, rank]
 
@@ -420,6 +423,9 @@ def test_cuda_ranks_reduce_on_the_device(tmp_path, mode):
         arrays = dict(np.load(tmp_path / f"rank{rank}.npz"))
         np.testing.assert_array_equal(arrays["all_reduce/mean"], [1.5, 2.0])
         np.testing.assert_array_equal(arrays["broadcast/src1"], [10.0, 11.0, 12.0])
+        # 1x + 2x of [[0, 1, 2], [3, 4, 5]], and rank 1's [[100, ...]] everywhere, through .T views
+        np.testing.assert_array_equal(arrays["all_reduce/transposed_base"], [[0, 3, 6], [9, 12, 15]])
+        np.testing.assert_array_equal(arrays["broadcast/transposed_base"], [[100, 101, 102], [103, 104, 105]])
         # the host path says so once; NCCL says nothing
         assert arrays["warnings"].sum() == (1 if mode == "host" else 0)
         for name in common.parameters(common.model(np.float64)):

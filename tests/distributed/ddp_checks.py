@@ -149,6 +149,14 @@ def collectives(arrays, info):
     arrays["all_reduce/int64_sum"] = np.array(dist.all_reduce(t).data)
     t = tg.arange(3, dtype=tg.float32) + 10.0 * rank
     arrays["broadcast/src1"] = np.array(dist.broadcast(t, src=1).data)
+    # a strided view: reduced and broadcast through a contiguous copy, written back into the view
+    base = tg.tensor(np.arange(6.0).reshape(2, 3) * (rank + 1))
+    view = base.T
+    dist.all_reduce(view)
+    arrays["all_reduce/transposed_base"] = np.array(base.data)
+    base = tg.tensor(np.arange(6.0).reshape(2, 3) + 100.0 * rank)
+    dist.broadcast(base.T, src=1)
+    arrays["broadcast/transposed_base"] = np.array(base.data)
     dist.barrier()
     try:
         dist.all_reduce(tg.tensor([1, 2], dtype=tg.int64), op="mean")
